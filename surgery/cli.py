@@ -1,0 +1,51 @@
+"""The `surgery` command line: each feature module registers its own subcommands."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Each module defines `register(subparsers)`, adding its subcommands; each subcommand sets
+# `func(args) -> int`. Modules are imported lazily so `surgery --help` stays fast.
+COMMAND_MODULES = (
+    "surgery.zoo.cli",
+)
+
+
+class UserError(Exception):
+    """A mistake in the user's input: printed as one clear message, exit status 2, no traceback."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="surgery", description=__doc__)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:  # a feature not built yet; anything else is a real error
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (UserError, ValueError, FileNotFoundError) as e:
+        # Bad input is reported as one line; bugs elsewhere still show their traceback.
+        print(f"surgery {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
