@@ -9,6 +9,7 @@ import sys
 # `func(args) -> int`. Modules are imported lazily so `surgery --help` stays fast.
 COMMAND_MODULES = (
     "surgery.zoo.cli",
+    "surgery.evaluate_cli",
 )
 
 

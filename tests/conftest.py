@@ -4,8 +4,11 @@ from __future__ import annotations
 import os
 import warnings
 
-import pytest
-import torch
+# Before torch loads OpenMP: on a shared 2-core machine, spin-waiting threads made the suite 20x slower.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network

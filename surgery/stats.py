@@ -1,0 +1,257 @@
+"""Statistics of behaviour evaluations, all from scipy.stats: intervals, survival, paired tests, corrections.
+
+Conventions: confidence levels are two-sided; paired differences are `edited - baseline`, so a
+negative effect means the edit lowered the metric; every resampling takes a seed and is
+deterministic for it.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+__all__ = [
+    "Estimate", "FailureRate", "Survival", "PairedComparison",
+    "mean_ci", "summarize", "failure_rate", "survival", "paired_comparison",
+    "paired_failures", "rank_biserial", "adjust_pvalues", "compare",
+]
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A point estimate with a two-sided confidence interval."""
+
+    value: float
+    low: float
+    high: float
+    confidence: float = 0.95
+
+
+@dataclass(frozen=True)
+class FailureRate:
+    """k failures in n episodes, the rate and its Wilson score interval."""
+
+    failures: int
+    episodes: int
+    rate: Estimate
+
+
+@dataclass(frozen=True)
+class Survival:
+    """Kaplan-Meier survival of time to failure; episodes that reached the time limit are censored."""
+
+    times: np.ndarray
+    """Distinct observed steps (failures and censorings), ascending."""
+    probability: np.ndarray
+    """P(no failure by step t) just after each of `times`."""
+    low: np.ndarray
+    high: np.ndarray
+    """Pointwise confidence band (scipy's log-log method)."""
+    episodes: int
+    failures: int
+    median: float
+    """Step by which half the episodes failed; inf when the curve never reaches 0.5."""
+
+    def at(self, step) -> np.ndarray:
+        """Survival probability after the given step(s) (a right-continuous step function)."""
+        i = np.searchsorted(self.times, np.asarray(step), side="right")
+        return np.concatenate([[1.0], self.probability])[i]
+
+
+@dataclass(frozen=True)
+class PairedComparison:
+    """Edited against baseline on the same seeds."""
+
+    n: int
+    mean_difference: Estimate
+    """Mean of edited - baseline, with a bootstrap (BCa) interval."""
+    median_difference: float
+    wilcoxon_statistic: float
+    p_wilcoxon: float
+    """Two-sided Wilcoxon signed-rank p-value (zero differences dropped; 1.0 if all are zero)."""
+    p_permutation: float
+    """Two-sided paired permutation p-value of the mean difference (exact up to 2^13 pairs)."""
+    rank_biserial: float
+    """Matched-pairs rank-biserial correlation in [-1, 1]: (R+ - R-) / (R+ + R-) over nonzero differences."""
+    cohens_dz: float
+    """Mean difference over the standard deviation of the differences (Cohen's d_z); 0 if all equal."""
+
+
+def _rng(seed: int) -> dict:
+    """scipy's seeding keyword: `rng` from scipy 1.15, `random_state` before."""
+    import inspect
+
+    name = "rng" if "rng" in inspect.signature(stats.bootstrap).parameters else "random_state"
+    return {name: np.random.default_rng(seed)}
+
+
+def _as_1d(x, name: str) -> np.ndarray:
+    a = np.asarray(x, dtype=float).ravel()
+    if a.size == 0:
+        raise ValueError(f"{name} is empty; need at least one value")
+    if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name} has non-finite values")
+    return a
+
+
+def mean_ci(x, confidence: float = 0.95, n_resamples: int = 9999, seed: int = 0, method: str = "BCa") -> Estimate:
+    """Mean with a bootstrap confidence interval (scipy.stats.bootstrap)."""
+    a = _as_1d(x, "x")
+    mean = float(a.mean())
+    if a.size < 2 or np.all(a == a[0]):
+        return Estimate(mean, mean, mean, confidence)  # no spread: the bootstrap distribution is a point
+    res = stats.bootstrap((a,), np.mean, confidence_level=confidence, n_resamples=n_resamples,
+                          method=method, **_rng(seed))
+    low, high = res.confidence_interval
+    if not (np.isfinite(low) and np.isfinite(high)):  # BCa degenerates on tiny or lumpy samples
+        res = stats.bootstrap((a,), np.mean, confidence_level=confidence, n_resamples=n_resamples,
+                              method="percentile", **_rng(seed))
+        low, high = res.confidence_interval
+    return Estimate(mean, float(low), float(high), confidence)
+
+
+def summarize(x, confidence: float = 0.95, seed: int = 0) -> dict:
+    """n, mean with bootstrap CI, standard deviation, median, min and max of a sample."""
+    a = _as_1d(x, "x")
+    return {
+        "n": int(a.size),
+        "mean": mean_ci(a, confidence, seed=seed),
+        "std": float(a.std(ddof=1)) if a.size > 1 else 0.0,
+        "median": float(np.median(a)),
+        "min": float(a.min()),
+        "max": float(a.max()),
+    }
+
+
+def failure_rate(failed, confidence: float = 0.95) -> FailureRate:
+    """Fraction of failed episodes with a Wilson score interval (scipy.stats.binomtest)."""
+    f = np.asarray(failed, dtype=bool).ravel()
+    if f.size == 0:
+        raise ValueError("failed is empty; need at least one episode")
+    k, n = int(f.sum()), int(f.size)
+    ci = stats.binomtest(k, n).proportion_ci(confidence_level=confidence, method="wilson")
+    return FailureRate(k, n, Estimate(k / n, float(ci.low), float(ci.high), confidence))
+
+
+def survival(lengths, failed, confidence: float = 0.95) -> Survival:
+    """Kaplan-Meier curve of the step of failure; episodes that did not fail are right-censored at their length."""
+    t = _as_1d(lengths, "lengths")
+    f = np.asarray(failed, dtype=bool).ravel()
+    if f.shape != t.shape:
+        raise ValueError(f"lengths has {t.size} entries but failed has {f.size}")
+    if not f.any():
+        empty = np.array([])
+        return Survival(empty, empty, empty, empty, int(t.size), 0, float("inf"))
+    sf = stats.ecdf(stats.CensoredData(uncensored=t[f], right=t[~f])).sf
+    with warnings.catch_warnings():  # the log-log band is undefined where the curve reaches 0 or 1
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ci = sf.confidence_interval(confidence, method="log-log")
+    times = sf.quantiles
+    prob = sf.probabilities
+    below = np.nonzero(prob <= 0.5)[0]
+    median = float(times[below[0]]) if below.size else float("inf")
+    low, high = np.nan_to_num(ci.low.evaluate(times), nan=0.0), np.nan_to_num(ci.high.evaluate(times), nan=1.0)
+    return Survival(times, prob, low, high, int(t.size), int(f.sum()), median)
+
+
+def _paired(baseline, edited) -> np.ndarray:
+    b, e = _as_1d(baseline, "baseline"), _as_1d(edited, "edited")
+    if b.shape != e.shape:
+        raise ValueError(f"paired samples differ in length: baseline {b.size}, edited {e.size}")
+    return e - b
+
+
+def rank_biserial(d) -> float:
+    """Matched-pairs rank-biserial correlation of differences d (Kerby 2014), zeros dropped."""
+    d = np.asarray(d, dtype=float)
+    d = d[d != 0]
+    if d.size == 0:
+        return 0.0
+    ranks = stats.rankdata(np.abs(d))
+    return float((ranks[d > 0].sum() - ranks[d < 0].sum()) / ranks.sum())
+
+
+def paired_comparison(baseline, edited, confidence: float = 0.95, n_resamples: int = 9999,
+                      seed: int = 0) -> PairedComparison:
+    """Wilcoxon signed-rank and permutation tests, effect sizes and a bootstrap CI of edited - baseline."""
+    d = _paired(baseline, edited)
+    if np.all(d == 0):
+        p_w, w_stat, p_perm = 1.0, 0.0, 1.0
+    else:
+        res = stats.wilcoxon(d, zero_method="wilcox", alternative="two-sided")
+        p_w, w_stat = float(res.pvalue), float(res.statistic)
+        perm = stats.permutation_test(
+            (np.zeros_like(d), d), lambda x, y, axis: np.mean(y - x, axis=axis), vectorized=True,
+            permutation_type="samples", n_resamples=n_resamples, alternative="two-sided",
+            **_rng(seed),
+        )
+        p_perm = float(perm.pvalue)
+    sd = float(d.std(ddof=1)) if d.size > 1 else 0.0
+    return PairedComparison(
+        n=int(d.size),
+        mean_difference=mean_ci(d, confidence, n_resamples, seed),
+        median_difference=float(np.median(d)),
+        wilcoxon_statistic=w_stat,
+        p_wilcoxon=p_w,
+        p_permutation=p_perm,
+        rank_biserial=rank_biserial(d),
+        cohens_dz=float(d.mean() / sd) if sd > 0 else 0.0,
+    )
+
+
+def paired_failures(baseline_failed, edited_failed) -> dict:
+    """Exact McNemar test on paired failure indicators: binomial test on the discordant pairs."""
+    b = np.asarray(baseline_failed, dtype=bool).ravel()
+    e = np.asarray(edited_failed, dtype=bool).ravel()
+    if b.shape != e.shape:
+        raise ValueError(f"paired samples differ in length: baseline {b.size}, edited {e.size}")
+    only_edited, only_baseline = int((e & ~b).sum()), int((b & ~e).sum())
+    n = only_edited + only_baseline
+    p = float(stats.binomtest(only_edited, n, 0.5).pvalue) if n else 1.0
+    return {"only_edited_failed": only_edited, "only_baseline_failed": only_baseline, "p_mcnemar": p}
+
+
+def adjust_pvalues(pvalues, method: str = "bh") -> np.ndarray:
+    """Multiple-comparison adjusted p-values: "bh" (Benjamini-Hochberg, scipy) or "holm" (family-wise)."""
+    p = np.asarray(pvalues, dtype=float)
+    if p.ndim != 1 or np.any((p < 0) | (p > 1)) or not np.all(np.isfinite(p)):
+        raise ValueError(f"p-values must be a 1-d array of numbers in [0, 1], got {pvalues!r}")
+    if method == "bh":
+        return stats.false_discovery_control(p, method="bh") if p.size else p
+    if method == "holm":
+        # Holm's step-down: the i-th smallest p times (m - i), made monotone, capped at 1.
+        m = p.size
+        order = np.argsort(p, kind="stable")
+        stepped = np.maximum.accumulate(p[order] * (m - np.arange(m)))
+        out = np.empty(m)
+        out[order] = np.minimum(stepped, 1.0)
+        return out
+    raise ValueError(f"unknown method {method!r}; valid: 'bh', 'holm'")
+
+
+def compare(baseline, edited, metric: str = "episode_return", **kwargs) -> dict:
+    """Paired statistics of two evaluation results on the same seeds (anything with `.records`)."""
+    base = {r.seed: r for r in baseline.records}
+    edit = {r.seed: r for r in edited.records}
+    seeds = sorted(set(base) & set(edit))
+    if not seeds:
+        raise ValueError("the two results share no seeds; evaluate both with the same seed and episodes")
+    missing = len(base) + len(edit) - 2 * len(seeds)
+    pairs = [(base[s], edit[s]) for s in seeds]
+    values = [(getattr(b, metric), getattr(e, metric)) for b, e in pairs]
+    if any(v is None for pair in values for v in pair):
+        raise ValueError(f"metric {metric!r} is missing for some episodes (no D4RL reference for scores?)")
+    b_vals, e_vals = np.array(values).T
+    return {
+        "pairs": len(seeds),
+        "unpaired_dropped": missing,
+        "metric": metric,
+        "baseline": summarize(b_vals),
+        "edited": summarize(e_vals),
+        "difference": paired_comparison(b_vals, e_vals, **kwargs),
+        "failures": paired_failures([b.failed for b, _ in pairs], [e.failed for _, e in pairs]),
+        "baseline_failure_rate": failure_rate([b.failed for b, _ in pairs]),
+        "edited_failure_rate": failure_rate([e.failed for _, e in pairs]),
+    }

@@ -1,0 +1,194 @@
+"""surgery.stats against textbook values and brute-force computations."""
+from __future__ import annotations
+
+import itertools
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from surgery import stats
+
+
+def test_wilson_interval_matches_the_formula():
+    # Wilson (1927): (p + z^2/2n +- z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n), written out independently.
+    for k, n in [(0, 10), (3, 10), (81, 263), (50, 50)]:
+        z = sps.norm.ppf(0.975)
+        p = k / n
+        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+        half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+        fr = stats.failure_rate([True] * k + [False] * (n - k))
+        assert (fr.failures, fr.episodes) == (k, n)
+        assert fr.rate.value == pytest.approx(p)
+        assert fr.rate.low == pytest.approx(max(0.0, centre - half), abs=1e-12)
+        assert fr.rate.high == pytest.approx(min(1.0, centre + half), abs=1e-12)
+    # Newcombe (1998), table I: 81/263 -> 0.2553 to 0.3662.
+    fr = stats.failure_rate([True] * 81 + [False] * 182)
+    assert (round(fr.rate.low, 4), round(fr.rate.high, 4)) == (0.2553, 0.3662)
+
+
+def test_kaplan_meier_matches_the_6mp_textbook_example():
+    # Freireich et al. (1963) 6-MP arm, as in Kleinbaum & Klein, "Survival Analysis", ch. 2 (+ = censored).
+    data = "6 6 6 6+ 7 9+ 10 10+ 11+ 13 16 17+ 19+ 20+ 22 23 25+ 32+ 32+ 34+ 35+".split()
+    t = np.array([float(x.rstrip("+")) for x in data])
+    failed = np.array([not x.endswith("+") for x in data])
+    km = stats.survival(t, failed)
+    expected = {6: 0.8571, 7: 0.8067, 10: 0.7529, 13: 0.6902, 16: 0.6275, 22: 0.5378, 23: 0.4482}
+    for time, s in expected.items():
+        assert km.at(time) == pytest.approx(s, abs=1e-4)
+    assert km.at(5.9) == 1.0 and km.at(40) == pytest.approx(0.4482, abs=1e-4)
+    assert km.median == 23
+    assert np.all(km.low <= km.probability + 1e-12) and np.all(km.probability <= km.high + 1e-12)
+    assert (km.episodes, km.failures) == (21, 9)
+
+
+def test_kaplan_meier_equals_product_limit_by_hand():
+    rng = np.random.default_rng(0)
+    t = rng.integers(1, 50, 80).astype(float)
+    failed = rng.random(80) < 0.6
+    km = stats.survival(t, failed)
+    s = 1.0
+    for time in np.unique(t):
+        at_risk = np.sum(t >= time)
+        deaths = np.sum((t == time) & failed)
+        s *= 1 - deaths / at_risk
+        assert km.at(time) == pytest.approx(s, abs=1e-12)
+
+
+def test_survival_without_failures_is_flat():
+    km = stats.survival([1000, 1000, 1000], [False, False, False])
+    assert km.failures == 0 and km.median == float("inf") and km.at(500) == 1.0
+
+
+def brute_force_signed_rank_p(d):
+    """Exact two-sided Wilcoxon p-value by enumerating all 2^n sign assignments (no ties, no zeros)."""
+    ranks = sps.rankdata(np.abs(d))
+    observed = ranks[d > 0].sum()
+    centre = ranks.sum() / 2
+    extreme = 0
+    for signs in itertools.product([0, 1], repeat=len(d)):
+        t_plus = ranks[np.array(signs, bool)].sum()
+        extreme += abs(t_plus - centre) >= abs(observed - centre) - 1e-9
+    return extreme / 2 ** len(d)
+
+
+def brute_force_permutation_p(d):
+    """Exact two-sided paired permutation p-value of the mean difference over all sign flips."""
+    observed = abs(d.mean())
+    count = 0
+    for signs in itertools.product([-1, 1], repeat=len(d)):
+        count += abs((d * np.array(signs)).mean()) >= observed - 1e-12
+    return count / 2 ** len(d)
+
+
+def test_paired_tests_match_brute_force_enumeration():
+    rng = np.random.default_rng(1)
+    base = rng.normal(100, 10, 11)
+    edited = base + rng.normal(-6, 8, 11)
+    d = edited - base
+    res = stats.paired_comparison(base, edited)
+    assert res.p_wilcoxon == pytest.approx(brute_force_signed_rank_p(d), rel=1e-9)
+    assert res.p_permutation == pytest.approx(brute_force_permutation_p(d), rel=1e-9)
+    ranks = sps.rankdata(np.abs(d))
+    assert res.rank_biserial == pytest.approx((ranks[d > 0].sum() - ranks[d < 0].sum()) / ranks.sum())
+    assert res.cohens_dz == pytest.approx(d.mean() / d.std(ddof=1))
+    assert res.mean_difference.low < d.mean() < res.mean_difference.high
+    assert res.n == 11 and res.median_difference == pytest.approx(np.median(d))
+
+
+def test_rank_biserial_textbook_value():
+    # Kerby (2014): 9 of 10 pairs favour the treatment and the one against has rank 1 ->
+    # r = (54 - 1) / 55 = 0.9636.
+    d = np.array([1, 2, 3, 4, 5, 6, 7, 8, 9, 10], float)
+    d[0] = -1
+    assert stats.rank_biserial(d) == pytest.approx(53 / 55)
+
+
+def test_identical_runs_are_not_different():
+    x = np.arange(20.0)
+    res = stats.paired_comparison(x, x)
+    assert res.p_wilcoxon == 1.0 and res.p_permutation == 1.0 and res.rank_biserial == 0.0 and res.cohens_dz == 0.0
+    assert res.mean_difference.low == res.mean_difference.high == 0.0
+
+
+def test_a_large_shift_is_significant_and_noise_is_not():
+    rng = np.random.default_rng(2)
+    base = rng.normal(3000, 200, 100)
+    assert stats.paired_comparison(base, base - 1500 + rng.normal(0, 200, 100)).p_wilcoxon < 1e-10
+    noise = stats.paired_comparison(base, base + rng.normal(0, 200, 100))
+    assert noise.p_wilcoxon > 0.01 and abs(noise.rank_biserial) < 0.3
+
+
+def test_bootstrap_ci_is_close_to_the_t_interval_and_deterministic():
+    rng = np.random.default_rng(3)
+    x = rng.normal(10, 2, 400)
+    est = stats.mean_ci(x, seed=0)
+    t_low, t_high = sps.t.interval(0.95, len(x) - 1, loc=x.mean(), scale=sps.sem(x))
+    assert est.low == pytest.approx(t_low, abs=0.05) and est.high == pytest.approx(t_high, abs=0.05)
+    assert stats.mean_ci(x, seed=0) == est
+    s = stats.summarize(x)
+    assert s["n"] == 400 and s["mean"] == est and s["min"] == x.min()
+
+
+def test_benjamini_hochberg_matches_its_definition_and_r():
+    # R: p.adjust(c(0.01, 0.02, 0.03, 0.04, 0.05), "BH") -> all 0.05
+    assert np.allclose(stats.adjust_pvalues([0.01, 0.02, 0.03, 0.04, 0.05], "bh"), 0.05)
+    rng = np.random.default_rng(4)
+    p = rng.uniform(0, 0.2, 30) ** 2
+    m = len(p)
+    order = np.argsort(p)
+    # Definition: adjusted p_(i) = min over j >= i of m p_(j) / j, capped at 1.
+    want = np.empty(m)
+    for rank, i in enumerate(order, start=1):
+        want[i] = min(1.0, min(m * p[order[j - 1]] / j for j in range(rank, m + 1)))
+    assert np.allclose(stats.adjust_pvalues(p, "bh"), want)
+
+
+def test_holm_matches_r_and_the_step_down_procedure():
+    # R: p.adjust(c(0.01, 0.04, 0.03, 0.005), "holm") -> 0.03 0.06 0.06 0.02
+    assert np.allclose(stats.adjust_pvalues([0.01, 0.04, 0.03, 0.005], "holm"), [0.03, 0.06, 0.06, 0.02])
+    rng = np.random.default_rng(5)
+    p = rng.uniform(0, 0.1, 12) ** 1.5
+    adjusted = stats.adjust_pvalues(p, "holm")
+    for alpha in (0.01, 0.05, 0.1):
+        # Holm's step-down: walk the sorted p-values, reject while p_(i) <= alpha / (m - i + 1).
+        rejected = set()
+        for i, idx in enumerate(np.argsort(p)):
+            if p[idx] > alpha / (len(p) - i):
+                break
+            rejected.add(idx)
+        assert rejected == set(np.nonzero(adjusted <= alpha)[0])
+
+
+def test_adjust_rejects_bad_input():
+    with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+        stats.adjust_pvalues([0.1, 1.5])
+    with pytest.raises(ValueError, match="valid: 'bh', 'holm'"):
+        stats.adjust_pvalues([0.1], "bonferroni")
+
+
+def test_mcnemar_is_a_binomial_test_on_discordant_pairs():
+    base = np.array([0] * 30 + [1] * 10, bool)
+    edited = base.copy()
+    edited[:12] = True  # 12 pairs fail only when edited
+    edited[30:32] = False  # 2 pairs fail only at baseline
+    res = stats.paired_failures(base, edited)
+    assert (res["only_edited_failed"], res["only_baseline_failed"]) == (12, 2)
+    # Exact two-sided binomial by hand: P(X <= 2) + P(X >= 12), X ~ Bin(14, 1/2).
+    want = sum(sps.binom.pmf(k, 14, 0.5) for k in list(range(0, 3)) + list(range(12, 15)))
+    assert res["p_mcnemar"] == pytest.approx(want)
+
+
+def test_compare_pairs_records_by_seed():
+    def rec(seed, ret, failed):
+        return SimpleNamespace(seed=seed, episode_return=ret, failed=failed)
+
+    base = SimpleNamespace(records=[rec(s, 100.0 + s, False) for s in range(12)])
+    edited = SimpleNamespace(records=[rec(s, 50.0 + s, s % 2 == 0) for s in reversed(range(2, 14))])
+    out = stats.compare(base, edited)
+    assert out["pairs"] == 10 and out["unpaired_dropped"] == 4
+    assert out["difference"].mean_difference.value == pytest.approx(-50.0)
+    assert out["edited_failure_rate"].failures == 5
+    with pytest.raises(ValueError, match="share no seeds"):
+        stats.compare(base, SimpleNamespace(records=[rec(99, 1.0, False)]))
