@@ -3,6 +3,6 @@ from adapters.base import BLOCK_HOOKS, WEIGHTS, Adapter, EmbeddingSet
 from adapters.registry import register, supported, wrap
 
 # Built-in adapters register themselves on import.
-from adapters import decision_transformer, gpt2, gptj  # noqa: E402,F401
+from adapters import decision_transformer, gpt2, gptj, transformer_lens  # noqa: E402,F401
 
 __all__ = ["Adapter", "EmbeddingSet", "BLOCK_HOOKS", "WEIGHTS", "register", "supported", "wrap"]

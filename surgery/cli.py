@@ -10,6 +10,7 @@ import sys
 COMMAND_MODULES = (
     "surgery.zoo.cli",
     "surgery.evaluate_cli",
+    "surgery.lm_cli",
 )
 
 

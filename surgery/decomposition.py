@@ -13,6 +13,11 @@ decomposed and what `patch` edits. `fold_ln=True` multiplies the read side by th
 LayerNorm's gain (`diag(gamma) @ W`), giving the directions the weight reads from the
 *normalised* residual stream; use it for analysis, not to pick triples to patch. V reads MLP
 activations, which no LayerNorm precedes, so fold_ln changes nothing for V.
+
+`method="exact"` (default) is the full SVD above. `k=` keeps the top k triples; with
+`method="gram"` (all triples when k is None), `"randomized"` or `"auto"` (k required) only those are
+computed (`surgery.lowrank`: GEMM-only routes for full-size models), and the result carries
+`residual`, an a-posteriori error certificate.
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from adapters import WEIGHTS, Adapter, wrap
+from surgery import lowrank
 
 DEFAULT_SIDE = {"K": "in", "V": "out", "OV": "out", "QK": "in"}
 """Which side a triple's sign is anchored on and a patch edits by default (the residual-facing one)."""
@@ -40,6 +46,10 @@ class SVD:
     weight: str
     head: int | None
     fold_ln: bool
+    method: str = "exact"
+    """How the triples were computed: "exact", "gram" or "randomized" (what "auto" chose; surgery.lowrank)."""
+    residual: torch.Tensor | None = None
+    """Fast routes only: per triple, max(|W V_i - S_i U_i|, |W^T U_i - S_i V_i|) / S_0 (see surgery.lowrank)."""
 
     def __iter__(self):
         return iter((self.U, self.S, self.V))
@@ -119,32 +129,51 @@ def default_dtype(device: torch.device) -> torch.dtype:
 
 
 def decompose(model, block: int, weight: str, head: int | None = None, fold_ln: bool = False,
-              dtype: torch.dtype | None = None) -> SVD:
+              dtype: torch.dtype | None = None, method: str = "exact", k: int | None = None) -> SVD:
     """SVD of one weight; for OV/QK with head=None, every head's, stacked `[n_heads, ...]`.
 
     Computed in `dtype` (float32 or float64; default float64 on CPU) whatever the weight's dtype,
-    cached until the weight (or, with fold_ln, the LayerNorm gain) changes.
+    cached until the weight (or, with fold_ln, the LayerNorm gain) changes. `k` keeps the top k
+    triples; `method="gram"|"randomized"|"auto"` computes only those (see surgery.lowrank).
     """
     adapter = wrap(model)
     check_location(adapter, block, weight, head)
+    if method not in lowrank.METHODS:
+        raise ValueError(f"method={method!r} is not a method; valid: {', '.join(map(repr, lowrank.METHODS))}")
+    rank = adapter.rank(weight)
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= rank):
+        raise ValueError(f"k={k!r} is out of range: {weight} has {rank} singular triples (valid: 1..{rank}, or None for all)")
+    if method in ("randomized", "auto") and k is None:
+        raise ValueError(f"method={method!r} computes the top k triples only: give k=1..{rank} (or method='gram')")
     srcs = _sources(adapter, block, weight, fold_ln)
     dtype = dtype or default_dtype(srcs[0].device)
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"dtype={dtype} is not supported; valid: torch.float32, torch.float64")
-    key = (block, weight, fold_ln, dtype)
+    if method == "exact" and k is not None:  # a slice of the cached full SVD
+        return _top(decompose(adapter, block, weight, head, fold_ln, dtype), k)
+    key = (block, weight, fold_ln, dtype) if method == "exact" else (block, weight, fold_ln, dtype, method, k)
     stamp = _stamp(adapter, srcs)
     hit = adapter.svd_cache.get(key)
     if hit is not None and hit[0] == stamp:
         full = hit[1]
     else:
-        full = _compute(adapter, block, weight, fold_ln, dtype)
+        full = _compute(adapter, block, weight, fold_ln, dtype, method, k)
         adapter.svd_cache[key] = (stamp, full)
     if head is None:
         return full
-    return SVD(full.U[head], full.S[head], full.V[head], block, weight, head, fold_ln)
+    res = None if full.residual is None else full.residual[head]
+    return SVD(full.U[head], full.S[head], full.V[head], block, weight, head, fold_ln, full.method, res)
 
 
-def _compute(adapter: Adapter, block: int, weight: str, fold_ln: bool, dtype: torch.dtype) -> SVD:
+def _top(svd: SVD, k: int) -> SVD:
+    """The first k triples of an SVD."""
+    res = None if svd.residual is None else svd.residual[..., :k]
+    return SVD(svd.U[..., :k], svd.S[..., :k], svd.V[..., :k], svd.block, svd.weight, svd.head, svd.fold_ln,
+               svd.method, res)
+
+
+def _compute(adapter: Adapter, block: int, weight: str, fold_ln: bool, dtype: torch.dtype,
+             method: str = "exact", k: int | None = None) -> SVD:
     with torch.no_grad():
         mats = [f.detach().to(dtype) for f in factors(adapter, block, weight)]
         ln = adapter.ln_before(block, weight) if fold_ln else None
@@ -153,9 +182,16 @@ def _compute(adapter: Adapter, block: int, weight: str, fold_ln: bool, dtype: to
             mats[0] = gain.unsqueeze(-1) * mats[0]  # diag(gamma) @ (read side)
             if weight == "QK":
                 mats[1] = mats[1] * gain  # the key side reads the same normalised stream: W_K.T @ diag(gamma)
-        U, S, V = dense_svd(mats[0]) if len(mats) == 1 else factored_svd(*mats)
+        res = None
+        if method == "exact":
+            U, S, V = dense_svd(mats[0]) if len(mats) == 1 else factored_svd(*mats)
+        elif method == "auto":
+            U, S, V, method, res = lowrank.auto_svd(mats, k)  # records the route it took
+        else:
+            U, S, V = lowrank.top_svd(mats, adapter.rank(weight) if k is None else k, method)
+            res = lowrank.residual(mats, U, S, V)
         U, V = fix_signs(U, V, DEFAULT_SIDE[weight])
-    return SVD(U, S, V, block, weight, None, fold_ln)
+    return SVD(U, S, V, block, weight, None, fold_ln, method, res)
 
 
 def dense_svd(M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -16,16 +16,32 @@ _HF_CLASSES = {
 }
 
 
-def load(source, *, metadata=None, tokenizer=None, dtype: torch.dtype | None = None,
-         device: str | torch.device | None = None) -> Adapter:
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+"""Names accepted for `dtype` (on the command line too)."""
+
+
+def parse_dtype(dtype) -> torch.dtype | None:
+    """A torch dtype from a dtype or one of DTYPES' names (None stays None: the checkpoint's own)."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r} is not known; valid: {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def load(source, *, metadata=None, tokenizer=None, dtype=None, device: str | torch.device | None = None) -> Adapter:
     """Wrap a model for analysis and patching.
 
-    `source` is a model object (or an Adapter), a local Hugging Face checkpoint directory, or the
-    name of a model shipped in the zoo. Nothing is ever downloaded. `metadata` (decision
+    `source` is a model object (or an Adapter), a local Hugging Face checkpoint directory, the name
+    of a model shipped in the zoo, or a model id already in the local Hugging Face cache. Nothing is
+    ever downloaded. Checkpoints are read straight into `dtype` (a torch dtype or "bf16", "fp16",
+    "float32"...): GPT-J in bf16 needs 12 GB, not the 24 GB of float32. `metadata` (decision
     transformers: a DTMetadata, dict or JSON path) and `tokenizer` (LMs) are attached to the adapter.
     """
+    dtype = parse_dtype(dtype)
     if isinstance(source, (str, Path)):
-        adapter = _load_path(source, metadata)
+        adapter = _load_path(source, metadata, dtype)
     else:
         adapter = wrap(source)
         if metadata is not None:
@@ -37,21 +53,36 @@ def load(source, *, metadata=None, tokenizer=None, dtype: torch.dtype | None = N
     return adapter
 
 
-def _load_path(source, metadata) -> Adapter:
+def _load_path(source, metadata, dtype) -> Adapter:
     path = Path(source).expanduser()
     if path.is_dir():
-        return _load_dir(path, metadata)
+        return _load_dir(path, metadata, dtype)
     if path.exists():
         raise ValueError(f"{path} is a file; expected a checkpoint directory holding config.json")
     zoo = _zoo_names()
     if str(source) in zoo:
         from surgery import zoo as zoo_module
         return _zoo_checkpoint(zoo_module.resolve(str(source)), metadata)
+    cached = _hf_cache_snapshot(str(source))
+    if cached is not None:
+        return _load_dir(cached, metadata, dtype)
     hint = f"; zoo models: {', '.join(zoo)}" if zoo else ""
-    raise FileNotFoundError(f"{source!r} is neither a checkpoint directory nor a zoo model name{hint}")
+    raise FileNotFoundError(f"{source!r} is neither a checkpoint directory, a zoo model name nor a model in the "
+                            f"local Hugging Face cache (nothing is downloaded; fetch it yourself first, e.g. "
+                            f"`huggingface-cli download {source}`){hint}")
 
 
-def _load_dir(path: Path, metadata) -> Adapter:
+def _hf_cache_snapshot(model_id: str) -> Path | None:
+    """The local snapshot directory of a cached Hugging Face model id, or None (never downloads)."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(model_id, local_files_only=True))
+    except Exception:  # not cached, not a valid id, or no huggingface_hub: the caller says what would work
+        return None
+
+
+def _load_dir(path: Path, metadata, dtype=None) -> Adapter:
     config_file = path / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{path} has no config.json: not a Hugging Face checkpoint directory")
@@ -70,7 +101,10 @@ def _load_dir(path: Path, metadata) -> Adapter:
 
     bare, default = _HF_CLASSES[model_type]
     cls_name = bare if bare in config.get("architectures", []) else default
-    model = getattr(transformers, cls_name).from_pretrained(path, local_files_only=True)
+    # transformers 5 calls it `dtype`, 4.x `torch_dtype`.
+    key = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
+    kwargs = {} if dtype is None else {key: dtype}
+    model = getattr(transformers, cls_name).from_pretrained(path, local_files_only=True, **kwargs)
     model.eval()
     adapter = wrap(model)
     if metadata is not None:

@@ -47,7 +47,7 @@ def test_load_options(tmp_path):
 
 
 def test_missing_and_bad_paths(tmp_path):
-    with pytest.raises(FileNotFoundError, match="neither a checkpoint directory nor a zoo model name"):
+    with pytest.raises(FileNotFoundError, match="neither a checkpoint directory, a zoo model name nor a model in the local"):
         surgery.load(tmp_path / "nope")
     with pytest.raises(FileNotFoundError, match="has no config.json"):
         surgery.load(tmp_path)

@@ -1,0 +1,117 @@
+"""TransformerLens models (4.x `TransformerBridge`, TL 3's `HookedTransformer`): analyse and patch them.
+
+TransformerLens already exposes every weight in this project's row-vector layout (`W_Q, W_K, W_V`
+`[n_heads, d_model, d_head]`, `W_O [n_heads, d_head, d_model]`, `W_in [d_model, d_mlp]`,
+`W_out [d_mlp, d_model]`, `W_E [d_vocab, d_model]`, `W_U [d_model, d_vocab]`), so this adapter
+declares that layout and reads TL's own accessors. On a bridge those accessors are views of the
+parameters its forward uses (GPT-2's fused `c_attn` is split into q/k/v `Linear`s that share its
+storage and version counter); every accessor is checked to be such a view, because a patch
+applied to a copy would silently change nothing.
+
+Importing this module does not import transformer_lens (a seven-second import): models are
+matched by class name.
+"""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+from torch import nn
+
+from adapters.base import Adapter, EmbeddingSet, LazyLabels
+from adapters.registry import register
+
+
+class NotAView(TypeError):
+    """A TransformerLens accessor returned a copy, so edits through it would not reach the model."""
+
+
+def _live(t: torch.Tensor, what: str) -> torch.Tensor:
+    """`t` itself if it is a parameter or a view of one (an in-place edit reaches the model); else raise."""
+    base = t._base if t._base is not None else t
+    if not isinstance(base, nn.Parameter):
+        raise NotAView(f"{what} is a computed copy ({type(base).__name__} {tuple(t.shape)}), not a view of a "
+                       "parameter, so a patch through it would not change the model; supported: TransformerBridge "
+                       "and HookedTransformer models whose weights are plain (unquantised) parameters")
+    return t
+
+
+@register
+class TransformerLensAdapter(Adapter):
+    """A TransformerLens `TransformerBridge` or `HookedTransformer`, through TL's own weight accessors."""
+
+    model_classes = ("TransformerBridge", "HookedTransformer")
+
+    def __init__(self, model):
+        super().__init__(model)
+        c = model.cfg
+        self.n_blocks, self.n_heads, self.d_model, self.d_head = c.n_layers, c.n_heads, c.d_model, c.d_head
+        self.d_mlp = c.d_mlp
+        kv = getattr(c, "n_key_value_heads", None)
+        if kv not in (None, c.n_heads):
+            raise ValueError(f"grouped-query attention (n_key_value_heads={kv}, n_heads={c.n_heads}) is not "
+                             "supported: OV needs one W_V per head; supported: multi-head attention (GPT-2, GPT-J...)")
+        if getattr(c, "gated_mlp", False) or getattr(c, "attn_only", False) or getattr(c, "num_experts", None):
+            raise ValueError("gated, mixture-of-experts and attention-only MLPs are not supported: K and V need one "
+                             "W_in and one W_out per block; supported: GPT-2- and GPT-J-style MLPs")
+        self.parallel = bool(getattr(c, "parallel_attn_mlp", False))
+        self.tokenizer = getattr(model, "tokenizer", None)
+
+    def blocks(self):
+        return self.model.blocks
+
+    def mlp_in(self, block):
+        return _live(self.blocks()[block].mlp.W_in, f"blocks.{block}.mlp.W_in")
+
+    def mlp_out(self, block):
+        return _live(self.blocks()[block].mlp.W_out, f"blocks.{block}.mlp.W_out")
+
+    def attn_weights(self, block):
+        attn = self.blocks()[block].attn
+        return {n: _live(getattr(attn, n), f"blocks.{block}.attn.{n}") for n in ("W_Q", "W_K", "W_V", "W_O")}
+
+    def ln_before(self, block, weight):
+        if weight == "V":
+            return None
+        b = self.blocks()[block]
+        ln = b.ln2 if weight == "K" and not self.parallel and hasattr(b, "ln2") else b.ln1
+        return _gain_of(ln)
+
+    def embedding_sets(self):
+        tok = self.tokenizer
+        label = (lambda i: tok.decode([i])) if tok is not None else (lambda i: f"#{i}")
+        W_E, W_U = self.model.W_E, self.model.W_U  # [d_vocab, d_model], [d_model, d_vocab]
+        return {
+            "token_in": EmbeddingSet("token_in", W_E.detach(), LazyLabels(W_E.shape[0], label), "in"),
+            "token_out": EmbeddingSet("token_out", W_U.detach().T, LazyLabels(W_U.shape[1], label), "out"),
+        }
+
+    def hook_modules(self):
+        # TL's HookPoints are identity modules in the data path: a forward hook's return value replaces
+        # the activation, exactly as the base class expects of a "post" point.
+        hp = self.model.hook_dict
+        points = {"embed": (hp["blocks.0.hook_resid_pre"], "post")}
+        for i, b in enumerate(self.blocks()):
+            p = f"blocks.{i}."
+            # The MLP's input is its LayerNorm's output, gain and bias applied. The bridge hooks it as
+            # mlp.hook_in; HookedTransformer's ln.hook_normalized fires before the gain, so hook the LayerNorm.
+            ln = b.ln2 if not self.parallel and hasattr(b, "ln2") else b.ln1
+            mlp_in = hp[p + "mlp.hook_in"] if p + "mlp.hook_in" in hp else ln
+            points.update({
+                p + "resid_pre": (hp[p + "hook_resid_pre"], "post"),
+                p + "attn_out": (hp[p + "hook_attn_out"], "post"),
+                p + "mlp_in": (mlp_in, "post"),
+                p + "mlp_hidden": (hp[p + "mlp.hook_post"], "post"),
+                p + "mlp_out": (hp[p + "hook_mlp_out"], "post"),
+                p + "resid_post": (hp[p + "hook_resid_post"], "post"),
+            })
+        points["final"] = (hp["ln_final.hook_out"] if "ln_final.hook_out" in hp else self.model.ln_final, "post")
+        return points
+
+
+def _gain_of(ln):
+    """An object whose `.weight` is the LayerNorm gain the forward uses (None when TL folded it away)."""
+    if hasattr(ln, "original_component"):  # bridge: the HF LayerNorm it wraps
+        return ln.original_component
+    w = getattr(ln, "w", None)  # HookedTransformer's LayerNorm stores its gain as `w`; LayerNormPre has none
+    return SimpleNamespace(weight=w)
