@@ -5,4 +5,4 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh env
 . .venv/bin/activate
 export MUJOCO_GL="${MUJOCO_GL:-egl}"
-python examples/quickstart.py
+surgery analyze hopper --out results/analysis/hopper

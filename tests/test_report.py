@@ -1,0 +1,118 @@
+"""Reports: self-contained HTML, Markdown, CSV, figures that say where they look, atomic writes."""
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import json
+import os
+import re
+
+import pytest
+import torch
+
+from surgery.localisation import locate
+from surgery.report import build_report, summary_text
+from surgery.report import figures as F
+from tests.conftest import build
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small problems: a second BLAS thread only adds contention on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def loc():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield locate(build("dt"), ["action_out", "state_in", "return_in"], top=3)
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def report(loc):
+    return build_report(loc, "tiny-dt", elapsed=0.5)
+
+
+def test_html_is_self_contained(report, loc):
+    html = report.files["report.html"]
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+    pngs = [k for k in report.files if k.endswith(".png")]
+    assert len(images) == len(pngs) >= 3 + 3 * 3  # overview, several sets, spectra + 3 per set
+    assert all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
+    assert not re.search(r'(src|href)="(https?:|//|file:)', html) and "<script" not in html and "<link" not in html
+    for name in ("action_out", "state_in", "return_in"):
+        assert f"<h2 id='{name}'>" in html
+    assert "block" in html and "p_adj" in html and "tiny-dt" in html
+
+
+def test_markdown_and_tables(report, loc):
+    md = report.files["report.md"]
+    for link in re.findall(r"\]\((figures/[^)]+)\)", md):
+        assert link in report.files
+    assert md.count("| where | idx |") == 3
+    table = [line for line in md.splitlines() if line.startswith("|")]
+    cells = lambda line: len(re.findall(r"(?<!\\)\|", line)) - 1  # noqa: E731  (unescaped pipes)
+    summary = table[:2 + 3]  # header, rule, one row per set
+    assert [cells(line) for line in summary] == [11] * 5, summary
+    rows = list(csv.DictReader(io.StringIO(report.files["summary.csv"])))
+    assert [r["embedding"] for r in rows] == ["action_out", "state_in", "return_in"]
+    assert len(list(csv.DictReader(io.StringIO(report.files["vectors.csv"])))) == len(loc.ranking)
+    records = list(csv.DictReader(io.StringIO(report.files["alignment.csv"])))
+    assert records and all(int(r["idx"]) < 8 or float(r["p_adj"]) < 0.05 for r in records)
+    meta = json.loads(report.files["summary.json"])
+    assert meta["settings"]["correction"] == "holm" and len(meta["summary"]) == 3
+
+
+def test_terminal_summary(loc):
+    text = summary_text(loc, "tiny-dt", 1.0, ["out/report.html"])
+    assert text.startswith("Alignment of tiny-dt (analysed in 1.00 s)")
+    assert "embedding" in text and "needs |cos|" in text and "action_out" in text and "Wrote out/report.html" in text
+    assert max(len(line) for line in text.splitlines()) < 200
+
+
+def test_atomic_write_leaves_no_partial_files(tmp_path, report, monkeypatch):
+    out = tmp_path / "out"
+    report.write(out)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    calls = []
+    real = os.replace
+
+    def failing(src, dst):
+        calls.append(dst)
+        if len(calls) == 3:
+            raise OSError("disk full")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing)
+    with pytest.raises(OSError, match="disk full"):
+        report.write(out)
+    after = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert after.keys() == before.keys()  # no temporary files left behind
+    assert after == before  # every file is whole: the old version or (identical) new one
+
+
+def test_figures_name_their_location(loc):
+    a = loc.alignment
+    fig = F.topk_table(a, "action_out", 1, "OV", head=2, side="out", k=3)
+    assert "block 1 OV head 2 (write side)" in fig.axes[0].get_title()
+    fig = F.heatmap(a.adapter, 0, "K", "state_in")
+    assert "block 0 K (read side)" in fig._suptitle.get_text()
+    fig = F.multi_heatmap(a.adapter, 1, "V", ["state_in", "action_out"], vectors=4)
+    assert [ax.get_title() for ax in fig.axes[:2]] == ["state_in", "action_out"]
+    for fig in (F.overview(a), F.scatter(a, "return_in"), F.spectra(a.adapter)):
+        assert F.png(fig)[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="no records for action_out"):
+        F.topk_table(a, "action_out", 5, "K")
+
+
+def test_display_label():
+    assert F.display_label("$x$") == r"\$x\$"
+    assert F.display_label("a\nb") == r"a\nb"
+    assert F.display_label("  ") == "␣␣" and F.display_label(" the") == "␣the" and F.visible("a b ") == "a b␣"
+    assert len(F.display_label("x" * 50)) == 18
