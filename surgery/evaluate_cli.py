@@ -1,10 +1,11 @@
 """`surgery evaluate MODEL`: play a decision transformer for N episodes and summarise its behaviour."""
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import asdict
 from pathlib import Path
+
+from surgery.cli import non_negative_int, positive_int
 
 
 def register(subparsers) -> None:
@@ -12,38 +13,17 @@ def register(subparsers) -> None:
                               description=__doc__)
     p.add_argument("model", metavar="MODEL", help="zoo name (e.g. hopper) or Hugging Face checkpoint directory")
     p.add_argument("--metadata", help="metadata JSON for a checkpoint directory without metadata.json")
-    p.add_argument("--episodes", type=_positive_int, default=100, help="episodes (default 100)")
-    p.add_argument("--seed", type=_non_negative_int, default=0,
+    p.add_argument("--episodes", type=positive_int, default=100, help="episodes (default 100)")
+    p.add_argument("--seed", type=non_negative_int, default=0,
                    help="run seed; episode i is reset with a seed derived from (seed, i) (default 0)")
     p.add_argument("--target-return", type=float, help="return to condition on (default: the metadata's first)")
-    p.add_argument("--max-steps", type=_positive_int, help="cut episodes at this many steps (default: the env's limit)")
+    p.add_argument("--max-steps", type=positive_int, help="cut episodes at this many steps (default: the env's limit)")
     p.add_argument("--out", type=Path, help="directory for episodes.sqlite: every finished episode is saved, "
                    "and rerunning the same command resumes")
     p.add_argument("--bf16", action="store_true", help="bfloat16 forward: faster, actions differ slightly")
     p.add_argument("--json", action="store_true", help="print the summary and records as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
-
-
-def _positive_int(text: str) -> int:
-    value = _int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = _int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
-    return value
-
-
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
 
 
 def run(args) -> int:

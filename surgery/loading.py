@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -59,6 +60,8 @@ def _load_path(source, metadata, dtype) -> Adapter:
         return _load_dir(path, metadata, dtype)
     if path.exists():
         raise ValueError(f"{path} is a file; expected a checkpoint directory holding config.json")
+    if _looks_like_path(str(source)):
+        raise FileNotFoundError(f"model path {str(source)!r} does not exist")
     zoo = _zoo_names()
     if str(source) in zoo:
         from surgery import zoo as zoo_module
@@ -70,6 +73,11 @@ def _load_path(source, metadata, dtype) -> Adapter:
     raise FileNotFoundError(f"{source!r} is neither a checkpoint directory, a zoo model name nor a model in the "
                             f"local Hugging Face cache (nothing is downloaded; fetch it yourself first, e.g. "
                             f"`huggingface-cli download {source}`){hint}")
+
+
+def _looks_like_path(name: str) -> bool:
+    """Absolute, relative-looking, or deeper than a hub id's "org/name": not a zoo name or a hub id."""
+    return name.startswith((".", "~", "/", os.sep)) or name.count("/") > 1
 
 
 def _hf_cache_snapshot(model_id: str) -> Path | None:

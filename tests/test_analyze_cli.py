@@ -103,7 +103,8 @@ def test_hf_name_found_in_local_cache(capsys, tmp_path, monkeypatch):
     assert code == 0, err
     assert "Alignment of tiny-org/tiny-gpt2" in stdout
     code, _, err = run(capsys, "tiny-org/not-cached", "--no-report")
-    assert code == 2 and "not a checkpoint directory, a zoo model" in err and "nothing is downloaded" in err
+    assert code == 2 and "neither a checkpoint directory, a zoo model name nor a model in the local Hugging Face " \
+        "cache" in err and "nothing is downloaded" in err
 
 
 @pytest.mark.parametrize("args, message", [

@@ -47,8 +47,11 @@ def test_load_options(tmp_path):
 
 
 def test_missing_and_bad_paths(tmp_path):
-    with pytest.raises(FileNotFoundError, match="neither a checkpoint directory, a zoo model name nor a model in the local"):
+    with pytest.raises(FileNotFoundError, match="model path '.*nope' does not exist"):
         surgery.load(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="'nope' is neither a checkpoint directory, a zoo model name nor a "
+                                                "model in the local Hugging Face cache.*zoo models: .*hopper"):
+        surgery.load("nope")
     with pytest.raises(FileNotFoundError, match="has no config.json"):
         surgery.load(tmp_path)
     (tmp_path / "config.json").write_text("{not json")

@@ -1,0 +1,72 @@
+"""Edits as experiment specs: resolved defaults, human labels, directory names, JSON tags."""
+from __future__ import annotations
+
+from dataclasses import asdict, replace
+
+from surgery.decomposition import DEFAULT_SIDE
+from surgery.patching import Edit
+
+SIDE_WORDS = {"in": "read side", "out": "write side"}
+
+
+def as_edit(spec) -> Edit:
+    """An Edit from an Edit or a dict (fields: block, weight, idx, head, op, value, side)."""
+    if isinstance(spec, Edit):
+        return spec
+    if isinstance(spec, dict):
+        try:
+            return Edit(**spec)
+        except TypeError as e:
+            raise ValueError(f"bad edit spec {spec!r}: {e}; "
+                             "fields: block, weight, idx, head, op, value, side") from None
+    raise ValueError(f"an edit must be an Edit or a dict, got {type(spec).__name__}: {spec!r}")
+
+
+def resolved(edit: Edit, d_model: int) -> Edit:
+    """The edit with its defaults filled in (side, the constant's value), as `patch` will apply it."""
+    side = edit.side or DEFAULT_SIDE.get(edit.weight)
+    value = edit.value
+    if edit.op == "constant" and value is None:
+        value = 1.0 / d_model
+    return replace(edit, side=side, value=value)
+
+
+def tag(edit: Edit) -> dict:
+    """A JSON-able description of the edit, stored in the results fingerprint."""
+    d = asdict(edit)
+    if hasattr(d["value"], "tolist"):
+        d["value"] = d["value"].tolist()
+    return d
+
+
+def label(edit: Edit) -> str:
+    """'block 1 K #0 (read side): constant 0.0078'."""
+    head = "" if edit.head is None else f" head {edit.head}"
+    where = f"block {edit.block} {edit.weight}{head}"
+    if edit.op == "keep_top":
+        return f"{where}: keep top {edit.value} triples"
+    value = "" if edit.value is None or edit.op == "zero" else f" {_short(edit.value)}"
+    return f"{where} #{edit.idx} ({SIDE_WORDS.get(edit.side, edit.side)}): {edit.op}{value}"
+
+
+def short_label(edit: Edit) -> str:
+    """'b1 K#0 in' for plot axes."""
+    head = "" if edit.head is None else f"h{edit.head}"
+    if edit.op == "keep_top":
+        return f"b{edit.block} {edit.weight}{head} top{edit.value}"
+    return f"b{edit.block} {edit.weight}{head}#{edit.idx} {edit.side}"
+
+
+def slug(edit: Edit) -> str:
+    """A directory name: 'b1-K-in-0-constant'."""
+    head = "" if edit.head is None else f"-h{edit.head}"
+    idx = f"top{edit.value}" if edit.op == "keep_top" else str(edit.idx)
+    return f"b{edit.block}-{edit.weight}{head}-{edit.side}-{idx}-{edit.op}"
+
+
+def _short(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if hasattr(value, "shape"):
+        return f"vector{tuple(value.shape)}"
+    return str(value)

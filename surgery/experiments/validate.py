@@ -1,0 +1,243 @@
+"""`validate`: the study's claim as an experiment.
+
+Claim: editing the singular vectors most aligned with the action output embedding makes the
+agent fail, while similar edits elsewhere do not. Test: edit each of the `top` vectors that
+`surgery.locate` ranks most aligned, and matched controls (`selection.choose_targets`), one at a
+time; evaluate every edit on the same seeds as one shared baseline; measure each edit's damage
+with a paired test, correct across edits, and correlate alignment with damage.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from surgery import stats
+from surgery.evaluation import EvalResult, evaluate, weights_sha256
+from surgery.experiments import edits as edit_specs
+from surgery.experiments import verdict as verdicts
+from surgery.experiments.correlation import Correlation, partial_spearman, spearman
+from surgery.experiments.output import adapter_with_metadata, model_identity, save_figure, to_json, write_atomic
+from surgery.experiments.selection import GROUPS, Target, choose_targets
+from surgery.patching import Patch
+
+OPS = ("constant", "zero")
+"""constant: the study's edit (the vector set to value * ones, default 1/d_model). zero: the triple removed."""
+PLAN_FILE, REPORT_JSON, REPORT_MD = "plan.json", "validate.json", "validate.md"
+PREFIX = {"aligned": "A", "control_same": "S", "control_other": "O"}
+
+
+@dataclass
+class EditOutcome:
+    """One edited vector: what was edited, its run, and its comparison with the shared baseline."""
+
+    name: str
+    """A1, A2 ... (aligned), S1 ... (same-weight controls), O1 ... (other-weight controls)."""
+    target: Target
+    edit: object
+    result: EvalResult
+    comparison: dict
+    p_adj: float = float("nan")
+    """Paired permutation p of the mean return difference (what `damage` measures), corrected across all edits.
+
+    Not Wilcoxon's: on a deterministic simulator an edit can shift most episodes' returns by a
+    point or two in the same direction, which Wilcoxon's signed ranks call highly significant
+    while the mean drop's interval straddles 0; the claim is about damage, so the test is of the mean.
+    """
+    p_adj_failures: float = float("nan")
+    """McNemar p of the failures, corrected across all edits."""
+
+    @property
+    def damage(self) -> stats.Estimate:
+        """Mean return drop, baseline - edited on the same seeds, with its bootstrap CI (positive = harm)."""
+        d = self.comparison["difference"].mean_difference
+        return stats.Estimate(0.0 - d.value, 0.0 - d.high, 0.0 - d.low, d.confidence)  # 0.0 - x: no "-0.0"
+
+    @property
+    def failure_increase(self) -> float:
+        c = self.comparison
+        return c["edited_failure_rate"].rate.value - c["baseline_failure_rate"].rate.value
+
+    def to_dict(self) -> dict:
+        c = self.comparison
+        return {
+            "name": self.name, "group": self.target.group, "target": self.target.to_dict(),
+            "edit": edit_specs.tag(self.edit), "label": edit_specs.label(self.edit),
+            "damage": self.damage, "failure_increase": self.failure_increase,
+            "p_permutation": c["difference"].p_permutation, "p_wilcoxon": c["difference"].p_wilcoxon,
+            "p_adj": self.p_adj,
+            "p_mcnemar": c["failures"]["p_mcnemar"], "p_adj_failures": self.p_adj_failures,
+            "rank_biserial": c["difference"].rank_biserial, "cohens_dz": c["difference"].cohens_dz,
+            "edited": c["edited"], "edited_failure_rate": c["edited_failure_rate"],
+            "median_steps_to_failure": self.result.survival().median,
+        }
+
+
+@dataclass
+class Validation:
+    """Everything `validate` measured and concluded."""
+
+    model: dict
+    settings: dict
+    baseline: EvalResult
+    outcomes: list[EditOutcome]
+    correlation: Correlation
+    """Spearman rho of |cos| against the mean return drop, over every edited vector."""
+    correlation_failures: Correlation
+    """The same against the increase in failure rate."""
+    verdict: verdicts.Verdict
+    correlation_energy: Correlation | None = None
+    """Energy share S_i^2 / sum S^2 against the return drop: how much size alone explains (a confound check)."""
+    partial_correlation: Correlation | None = None
+    """|cos| against the return drop with the energy share held fixed (partial Spearman)."""
+    files: dict = field(default_factory=dict)
+
+    def group(self, name: str) -> list[EditOutcome]:
+        return [o for o in self.outcomes if o.target.group == name]
+
+    def to_dict(self) -> dict:
+        return {
+            "experiment": "validate", "model": self.model, "settings": self.settings,
+            "verdict": self.verdict, "baseline": self.baseline.summary(),
+            "baseline_median_steps_to_failure": self.baseline.survival().median,
+            "correlation": self.correlation, "correlation_failures": self.correlation_failures,
+            "correlation_energy": self.correlation_energy, "partial_correlation": self.partial_correlation,
+            "edits": [o.to_dict() for o in self.outcomes], "files": self.files,
+        }
+
+    def text(self) -> str:
+        from surgery.experiments.validate_report import text
+
+        return text(self)
+
+    def markdown(self) -> str:
+        from surgery.experiments.validate_report import markdown
+
+        return markdown(self)
+
+
+def validate(model, embedding: str = "action_out", *, top: int = 5, controls: int | None = None,
+             op: str = "constant", value: float | None = None, episodes: int = 200, seed: int = 0,
+             target_return: float | None = None, out: str | Path | None = None, dtype: torch.dtype = torch.float32,
+             max_steps: int | None = None, alpha: float = 0.05, correction: str = "holm", progress: bool = True,
+             source=None) -> Validation:
+    """Edit the vectors most aligned with `embedding` and matched controls; test alignment against damage.
+
+    top: at most this many aligned vectors, those beyond chance (see `selection.choose_targets`).
+    controls: controls of each kind (same weight, other weight); default one per aligned vector.
+    op: "constant" (the study's edit) or "zero". correction: "holm" or "bh", across edits.
+    out: a directory; every finished episode of every run is stored there as it ends (one SQLite
+    store per edit, one baseline), so rerunning the same call resumes where it stopped.
+    """
+    from tqdm.auto import tqdm
+
+    if op not in OPS:
+        raise ValueError(f"op={op!r} is not a validate edit; valid: {', '.join(map(repr, OPS))}")
+    if op == "zero" and value is not None:
+        raise ValueError("op='zero' takes no value")
+    if correction not in ("holm", "bh"):
+        raise ValueError(f"correction={correction!r} is not known; valid: 'holm', 'bh'")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha={alpha!r} must be between 0 and 1")
+    adapter, source = adapter_with_metadata(model, source)
+    out = None if out is None else Path(out)
+    settings = {
+        "embedding": embedding, "top": top, "controls": controls, "op": op,
+        "value": (1.0 / adapter.d_model if value is None else float(value)) if op == "constant" else None,
+        "seed": seed, "target_return": target_return, "dtype": str(dtype).replace("torch.", ""),
+        "max_steps": max_steps, "alpha": alpha, "correction": correction,
+    }
+    targets = _plan(adapter, settings, out)
+    run = dict(episodes=episodes, seed=seed, target_return=target_return, dtype=dtype, max_steps=max_steps,
+               progress=progress)
+    bar = tqdm(total=len(targets) + 1, desc="validate: runs", unit="run", disable=not progress, dynamic_ncols=True,
+               position=0)
+    try:
+        bar.set_postfix_str("baseline")
+        baseline = evaluate(adapter, out=None if out is None else out / "baseline", **run)
+        bar.update(1)
+        outcomes = []
+        counters = dict.fromkeys(GROUPS, 0)
+        for i, t in enumerate(targets):
+            counters[t.group] += 1
+            name = f"{PREFIX[t.group]}{counters[t.group]}"
+            edit = edit_specs.resolved(t.edit(op, settings["value"]), adapter.d_model)
+            bar.set_postfix_str(f"{name} {edit_specs.short_label(edit)}")
+            where = None if out is None else out / "edits" / f"{i:02d}-{name}-{edit_specs.slug(edit)}"
+            with Patch(adapter.model, [edit]):
+                result = evaluate(adapter, out=where, tag=edit_specs.tag(edit), **run)
+            outcomes.append(EditOutcome(name, t, edit, result, stats.compare(baseline, result)))
+            bar.update(1)
+    finally:
+        bar.close()
+    returns = [o.comparison["difference"].p_permutation for o in outcomes]
+    failures = [o.comparison["failures"]["p_mcnemar"] for o in outcomes]
+    for raw, attr in ((returns, "p_adj"), (failures, "p_adj_failures")):
+        for o, p in zip(outcomes, stats.adjust_pvalues(raw, correction)):
+            setattr(o, attr, float(p))
+    x = [o.target.abs_cos for o in outcomes]
+    drops = [o.damage.value for o in outcomes]
+    energy = [o.target.energy for o in outcomes]
+    validation = Validation(
+        model=model_identity(adapter, source), settings={**settings, "episodes": episodes,
+                                                         "target_return": baseline.target_return,
+                                                         "time_limit": baseline.time_limit},
+        baseline=baseline, outcomes=outcomes,
+        correlation=spearman(x, drops),
+        correlation_failures=spearman(x, [o.failure_increase for o in outcomes]),
+        verdict=None,
+        correlation_energy=spearman(energy, drops),
+        partial_correlation=partial_spearman(x, drops, energy),
+    )
+    validation.verdict = verdicts.judge(validation)
+    if out is not None:
+        write_outputs(validation, out)
+    return validation
+
+
+def _plan(adapter, settings: dict, out: Path | None) -> list[Target]:
+    """The vectors to edit: read back from out/plan.json when resuming (after checking it fits), else chosen now."""
+    keys = {k: settings[k] for k in ("embedding", "top", "controls", "alpha", "op", "value")}
+    weights = weights_sha256(adapter.model)
+    path = None if out is None else out / PLAN_FILE
+    if path is not None and path.is_file():
+        try:
+            saved = json.loads(path.read_text())
+            same_model = saved["weights_sha256"] == weights
+            differ = sorted(k for k in set(keys) | set(saved["settings"]) if keys.get(k) != saved["settings"].get(k))
+            targets = [Target(**t) for t in saved["targets"]]
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{path} is not a validate plan ({e}); choose another output directory") from None
+        if not same_model:
+            raise ValueError(f"{path} was made for a model with other weights; choose another output directory")
+        if differ:
+            was = ", ".join(f"{k}={saved['settings'].get(k)!r} (now {keys.get(k)!r})" for k in differ)
+            raise ValueError(f"{path} was made with other settings: {was}; choose another output directory")
+        return targets
+    from surgery.localisation import locate
+
+    location = locate(adapter, embedding=settings["embedding"], alpha=settings["alpha"])
+    targets = choose_targets(location, adapter, settings["top"], settings["controls"], settings["embedding"])
+    if path is not None:
+        write_atomic(path, to_json({"weights_sha256": weights, "settings": keys,
+                                    "targets": [t.to_dict() for t in targets]}))
+    return targets
+
+
+def write_outputs(v: Validation, out: Path) -> None:
+    """Figures, then validate.json and validate.md (each written atomically)."""
+    from surgery import behaviour_figures as figs
+
+    points = [{"abs_cos": o.target.abs_cos, "damage": o.damage.value, "low": o.damage.low, "high": o.damage.high,
+               "group": o.target.group, "name": o.name} for o in v.outcomes]
+    v.files["damage_vs_alignment"] = save_figure(figs.damage_vs_alignment(points, v.correlation), out /
+                                                 "damage_vs_alignment.png")
+    runs = {"baseline": v.baseline, **{f"{o.name} {edit_specs.short_label(o.edit)}": o.result for o in v.outcomes}}
+    colors = {"baseline": figs.GROUP_COLORS["baseline"],
+              **{f"{o.name} {edit_specs.short_label(o.edit)}": figs.GROUP_COLORS[o.target.group] for o in v.outcomes}}
+    v.files["returns"] = save_figure(figs.return_distributions(runs, colors=list(colors.values())), out / "returns.png")
+    v.files["survival"] = save_figure(figs.survival_curves(runs, colors=colors), out / "survival.png")
+    write_atomic(out / REPORT_JSON, to_json(v.to_dict()))
+    v.files["report"] = write_atomic(out / REPORT_MD, v.markdown())

@@ -1,0 +1,79 @@
+"""The statistics `validate` adds: Spearman with a CI, partial Spearman, and the verdict's criteria."""
+from __future__ import annotations
+
+import itertools
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from surgery.experiments.correlation import partial_spearman, spearman
+from surgery.experiments.verdict import judge
+
+
+def test_spearman_matches_scipy_with_fisher_interval_and_exact_permutation_p():
+    x = np.array([0.1, 0.5, 0.3, 0.9, 0.7, 0.2])
+    y = np.array([1.0, 3.0, 2.5, 9.0, 4.0, 0.5])
+    c = spearman(x, y)
+    rho = stats.spearmanr(x, y).statistic
+    assert c.rho == pytest.approx(rho) and c.n == 6
+    half = 1.959963984540054 * math.sqrt(1.06 / 3)  # Fieller, Hartley and Pearson's variance
+    assert (c.low, c.high) == pytest.approx((math.tanh(math.atanh(rho) - half), math.tanh(math.atanh(rho) + half)))
+    perms = [stats.spearmanr(x, np.array(p)).statistic for p in itertools.permutations(y)]  # all 720 pairings
+    assert c.p == pytest.approx(np.mean(np.abs(perms) >= abs(rho) - 1e-12))
+    boot = spearman(x, y, method="bootstrap")
+    assert boot.rho == c.rho and -1 <= boot.low <= boot.high <= 1
+
+
+def test_spearman_of_constant_or_tiny_samples_is_undefined():
+    assert math.isnan(spearman([1, 2, 3], [5, 5, 5]).rho)
+    assert math.isnan(spearman([1, 2], [1, 2]).rho)
+    with pytest.raises(ValueError, match="method"):
+        spearman([1, 2, 3, 4], [1, 3, 2, 4], method="kendall")
+
+
+def test_partial_spearman_is_the_correlation_of_rank_residuals():
+    rng = np.random.default_rng(3)
+    z = rng.normal(size=40)
+    x, y = z + rng.normal(size=40), 2 * z + rng.normal(size=40)
+    rx, ry, rz = (stats.rankdata(v) for v in (x, y, z))
+
+    def residual(a):
+        return a - np.polyval(np.polyfit(rz, a, 1), rz)
+
+    reference = stats.pearsonr(residual(rx), residual(ry)).statistic
+    c = partial_spearman(x, y, z)
+    assert c.rho == pytest.approx(reference) and c.low < c.rho < c.high
+
+
+def _validation(aligned, controls, rho_low, aligned_significant=True):
+    """A stand-in Validation: per edit (damage, corrected p) for the aligned and the control edits."""
+    def outcome(group, damage, p):
+        target = SimpleNamespace(group=group, significant=aligned_significant and group == "aligned", p_adj=1e-9)
+        return SimpleNamespace(target=target, damage=SimpleNamespace(value=damage), p_adj=p, failure_increase=0.0)
+
+    outcomes = [outcome("aligned", d, p) for d, p in aligned] + [outcome("control_same", d, p) for d, p in controls]
+    return SimpleNamespace(
+        outcomes=outcomes, settings={"alpha": 0.05, "correction": "holm", "embedding": "action_out"},
+        correlation=SimpleNamespace(rho=0.8, low=rho_low, high=0.95, p=0.01, n=len(outcomes)),
+        group=lambda name: [o for o in outcomes if o.target.group == name],
+    )
+
+
+@pytest.mark.parametrize("aligned, controls, rho_low, outcome", [
+    ([(900, 1e-9), (800, 1e-6)], [(0, 1.0), (5, 0.6), (300, 1e-3)], 0.2, "supported"),
+    ([(900, 1e-9), (800, 1e-6)], [(0, 1.0), (5, 0.6), (300, 1e-3)], -0.1, "partly supported"),
+    ([(900, 1e-9), (800, 1e-6)], [(600, 1e-5), (700, 1e-6), (0, 1.0)], -0.1, "not supported"),
+    ([(10, 0.4), (800, 1e-6), (0, 1.0)], [(0, 1.0), (0, 1.0)], 0.2, "not supported"),  # 1 of 3 aligned hurt
+])
+def test_verdict_criteria(aligned, controls, rho_low, outcome):
+    v = judge(_validation(aligned, controls, rho_low))
+    assert v.outcome == outcome
+    assert v.sentence.endswith(outcome.upper()) and v.sentence.startswith("aligned edits: mean damage")
+
+
+def test_nothing_aligned_beyond_chance_is_not_testable():
+    v = judge(_validation([(900, 1e-9)], [(0, 1.0)], 0.2, aligned_significant=False))
+    assert v.outcome == "not testable" and "beyond chance" in v.sentence

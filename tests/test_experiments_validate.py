@@ -1,0 +1,146 @@
+"""`validate`: which vectors it edits, what it concludes on a model built to know the answer, and resume."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from surgery.experiments import choose_targets, validate
+from surgery.loading import load
+from surgery.localisation import locate
+from tests.experiments_models import cartpole_dt
+
+# The balancer's policy flows through block 0's K (reads the state) and V (writes the action
+# direction): V's two write-side vectors are the ones aligned with action_out (cos 0.707), and
+# editing either one makes the pole fall; K #0 and #1 are just as vital but not action-aligned.
+
+
+@pytest.fixture(scope="module")
+def balancer():
+    model, md = cartpole_dt()
+    return load(model, metadata=md)
+
+
+def test_targets_are_the_most_aligned_and_unaligned_matched_controls(balancer):
+    loc = locate(balancer, embedding="action_out")
+    plan = choose_targets(loc, balancer, top=3, controls=3)
+    aligned = [t for t in plan if t.group == "aligned"]  # only two vectors are aligned beyond chance
+    assert [(t.weight, t.side, t.idx) for t in aligned] == [("V", "out", 0), ("V", "out", 1)]
+    assert all(t.significant for t in aligned) and aligned[0].abs_cos == pytest.approx(2 ** -0.5, abs=1e-3)
+    assert len({t.key() for t in plan}) == len(plan) == 8 and [t.matched_to for t in plan[2:5]] == [0, 1, 0]
+    median = sorted(loc.ranking["abs_cos"])[len(loc.ranking) // 2]
+    for t in plan:
+        if t.group == "aligned":
+            continue
+        a = aligned[t.matched_to]
+        assert not t.significant and t.abs_cos <= median
+        if t.group == "control_same":
+            assert t.key()[:4] == a.key()[:4]
+        else:
+            assert t.weight != a.weight
+    with pytest.raises(ValueError, match="fewer controls"):
+        choose_targets(loc, balancer, top=1, controls=400)
+
+
+def test_validate_detects_the_aligned_edits_and_writes_its_report(balancer, tmp_path):
+    v = validate(balancer, top=5, episodes=8, max_steps=100, out=tmp_path, progress=False)  # 2 are aligned
+    by_name = {o.name: o for o in v.outcomes}
+    assert list(by_name) == ["A1", "A2", "S1", "S2", "O1", "O2"]
+    for name in ("A1", "A2"):  # the two action-aligned V vectors: the pole falls every time
+        o = by_name[name]
+        assert o.p_adj < 0.05 and o.damage.low > 0 and o.result.failed.all()
+    for name in ("S1", "S2"):  # unaligned vectors of the same V: nothing happens
+        assert by_name[name].result.records == v.baseline.records
+    assert v.verdict.criteria["aligned edits hurt"]["holds"]
+    assert v.verdict.outcome in ("supported", "partly supported", "not supported")
+    assert v.verdict.sentence.startswith("aligned edits: mean damage") and "Spearman rho" in v.verdict.sentence
+    report = json.loads((tmp_path / "validate.json").read_text())
+    assert report["verdict"]["outcome"] == v.verdict.outcome and len(report["edits"]) == 6
+    assert report["settings"]["value"] == pytest.approx(1 / 64)
+    assert v.verdict.outcome.upper() in (tmp_path / "validate.md").read_text()
+    for name in ("damage_vs_alignment.png", "returns.png", "survival.png", "plan.json"):
+        assert (tmp_path / name).stat().st_size > 0
+    assert len(list((tmp_path / "edits").iterdir())) == 6
+    assert "A1" in v.text() and v.verdict.sentence in v.text()
+
+
+def test_an_untrained_model_is_not_testable():
+    from surgery.hf_loop import untrained_dt
+
+    model, md = untrained_dt("CartPole-v1")
+    v = validate(load(model, metadata=md), top=2, controls=1, episodes=4, max_steps=20, progress=False)
+    assert v.verdict.outcome == "not testable" and "beyond chance" in v.verdict.sentence
+
+
+def test_a_plan_made_with_other_settings_is_refused(balancer, tmp_path):
+    validate(balancer, top=1, controls=1, episodes=2, max_steps=10, out=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="top=1 .now 2."):
+        validate(balancer, top=2, controls=1, episodes=2, max_steps=10, out=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="another experiment"):  # the results store refuses another max_steps
+        validate(balancer, top=1, controls=1, episodes=2, max_steps=11, out=tmp_path, progress=False)
+
+
+CLI = ("import sys; from surgery import cli; "
+       "cli.COMMAND_MODULES += tuple(m for m in ('surgery.experiments_cli',) if m not in cli.COMMAND_MODULES); "
+       "sys.exit(cli.main(sys.argv[1:]))")
+
+
+def main(argv) -> int:
+    """`surgery ARGV` in this process, with the experiments commands registered."""
+    from surgery import cli
+
+    if "surgery.experiments_cli" not in cli.COMMAND_MODULES:
+        cli.COMMAND_MODULES = cli.COMMAND_MODULES + ("surgery.experiments_cli",)
+    return cli.main(argv)
+
+
+def _counts(out):
+    """Episode indices stored per results store under out (each store must hold each episode once)."""
+    counts = {}
+    for db in sorted(out.rglob("episodes.sqlite")):
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        try:
+            rows = [r[0] for r in con.execute("SELECT episode FROM episodes")]
+        except sqlite3.OperationalError:  # created a moment ago, its tables not committed yet
+            rows = []
+        finally:
+            con.close()
+        assert len(rows) == len(set(rows))
+        counts[str(db.parent.relative_to(out))] = sorted(rows)
+    return counts
+
+
+def test_a_killed_validate_resumes_and_the_counts_add_up(tmp_path, capsys):
+    model, md = cartpole_dt()
+    ckpt = tmp_path / "balancer"
+    model.save_pretrained(ckpt)
+    md.save(ckpt)
+    out = tmp_path / "run"
+    args = ["validate", str(ckpt), "--top", "2", "--controls", "1", "--episodes", "6", "--max-steps", "200",
+            "--out", str(out), "--quiet"]
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", CLI, *args], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:  # wait until one of the four edits is done
+        counts = _counts(out) if out.exists() else {}
+        if any(k.startswith("edits") and len(v) == 6 for k, v in counts.items()):
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, f"the run ended before it could be killed: {proc.communicate()[1][-2000:]}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = _counts(out)
+    assert before["baseline"] == list(range(6)) and len(before) < 5  # the baseline and some edits, not all four
+    assert main(args) == 0  # the same command again, here: it resumes
+    after = _counts(out)
+    assert len(after) == 5 and all(rows == list(range(6)) for rows in after.values())
+    report = json.loads((out / "validate.json").read_text())
+    assert [e["edited"]["n"] for e in report["edits"]] == [6] * 4 and report["baseline"]["episodes"] == 6
+    assert "aligned edits: mean damage" in capsys.readouterr().out
