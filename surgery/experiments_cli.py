@@ -100,7 +100,7 @@ def run_edit_eval(args) -> int:
 
     from surgery.experiments import edits as edit_specs
     from surgery.experiments.edit_eval import edit_eval
-    from surgery.patching import Edit
+    from surgery.patching import Edit, validate_edit
 
     if args.op == "zero" and args.value is not None:
         raise ValueError("--op zero takes no --value")
@@ -112,8 +112,8 @@ def run_edit_eval(args) -> int:
             raise ValueError(f"--op keep_top needs an integer --value, got {value:g}")
         value = int(value)
     model = _load(args)
-    edit = edit_specs.resolved(Edit(block=args.block, weight=args.weight, idx=args.idx, head=args.head, op=args.op,
-                                    value=value, side=args.side), model.d_model)
+    edit = validate_edit(model, Edit(block=args.block, weight=args.weight, idx=args.idx, head=args.head, op=args.op,
+                                     value=value, side=args.side))
     out = args.out or Path("runs") / "edit-eval" / f"{_name(args.model)}-{edit_specs.slug(edit)}"
     result = edit_eval(model, edit, episodes=args.episodes, seed=args.seed, target_return=args.target_return,
                        out=out, dtype=torch.bfloat16 if args.bf16 else torch.float32, max_steps=args.max_steps,

@@ -65,7 +65,7 @@ class Patch:
 
     def __init__(self, model, edits):
         self.adapter: Adapter = wrap(model)
-        self.edits = tuple(_validate(self.adapter, _as_edit(e)) for e in edits)
+        self.edits = tuple(validate_edit(self.adapter, as_edit(e)) for e in edits)
         if not self.edits:
             raise ValueError("no edits given")
         _check_disjoint(self.adapter, self.edits)
@@ -149,7 +149,8 @@ class Patch:
             self.adapter.lock.release()
 
 
-def _as_edit(spec) -> Edit:
+def as_edit(spec) -> Edit:
+    """An Edit from an Edit or a dict (fields: block, weight, idx, head, op, value, side)."""
     if isinstance(spec, Edit):
         return spec
     if isinstance(spec, dict):
@@ -160,8 +161,10 @@ def _as_edit(spec) -> Edit:
     raise ValueError(f"an edit must be an Edit or a dict, got {type(spec).__name__}: {spec!r}")
 
 
-def _validate(adapter: Adapter, e: Edit) -> Edit:
-    """Check everything before anything is touched; return the edit with defaults filled in."""
+def validate_edit(model, e: Edit) -> Edit:
+    """Check an edit against a model before anything is touched; return it with defaults filled in
+    (the side, the constant's value) as `patch` applies it. Raises ValueError naming what is valid."""
+    adapter = wrap(model)
     check_location(adapter, e.block, e.weight, e.head)
     if e.weight in ("OV", "QK") and e.head is None:
         raise ValueError(f"weight {e.weight!r} is per head: give head=0..{adapter.n_heads - 1}")

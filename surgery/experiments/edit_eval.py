@@ -11,7 +11,7 @@ from surgery.evaluation import EvalResult, evaluate_pair
 from surgery.experiments import edits as edit_specs
 from surgery.experiments.output import (adapter_with_metadata, fmt, fmt_p, model_identity, save_figure, to_json,
                                         write_atomic)
-from surgery.patching import Patch
+from surgery.patching import Patch, as_edit, validate_edit
 
 REPORT_JSON, REPORT_MD = "report.json", "report.md"
 RETURNS_PNG, SURVIVAL_PNG = "returns.png", "survival.png"
@@ -149,7 +149,7 @@ def edit_eval(model, edit, *, episodes: int = 200, seed: int = 0, target_return:
     """
     adapter, source = adapter_with_metadata(model, source)
     specs = list(edit) if isinstance(edit, (list, tuple)) else [edit]
-    edit_list = [edit_specs.resolved(edit_specs.as_edit(e), adapter.d_model) for e in specs]
+    edit_list = [validate_edit(adapter, as_edit(e)) for e in specs]
     patch = Patch(adapter.model, edit_list)  # validates every edit before anything runs
     run = dict(episodes=episodes, seed=seed, target_return=target_return, dtype=dtype, max_steps=max_steps,
                progress=progress)

@@ -1,34 +1,11 @@
-"""Edits as experiment specs: resolved defaults, human labels, directory names, JSON tags."""
+"""Edits as experiment specs: human labels, directory names, JSON tags."""
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+from dataclasses import asdict
 
-from surgery.decomposition import DEFAULT_SIDE
 from surgery.patching import Edit
 
 SIDE_WORDS = {"in": "read side", "out": "write side"}
-
-
-def as_edit(spec) -> Edit:
-    """An Edit from an Edit or a dict (fields: block, weight, idx, head, op, value, side)."""
-    if isinstance(spec, Edit):
-        return spec
-    if isinstance(spec, dict):
-        try:
-            return Edit(**spec)
-        except TypeError as e:
-            raise ValueError(f"bad edit spec {spec!r}: {e}; "
-                             "fields: block, weight, idx, head, op, value, side") from None
-    raise ValueError(f"an edit must be an Edit or a dict, got {type(spec).__name__}: {spec!r}")
-
-
-def resolved(edit: Edit, d_model: int) -> Edit:
-    """The edit with its defaults filled in (side, the constant's value), as `patch` will apply it."""
-    side = edit.side or DEFAULT_SIDE.get(edit.weight)
-    value = edit.value
-    if edit.op == "constant" and value is None:
-        value = 1.0 / d_model
-    return replace(edit, side=side, value=value)
 
 
 def tag(edit: Edit) -> dict:

@@ -21,7 +21,7 @@ from surgery.experiments import verdict as verdicts
 from surgery.experiments.correlation import Correlation, partial_spearman, spearman
 from surgery.experiments.output import adapter_with_metadata, model_identity, save_figure, to_json, write_atomic
 from surgery.experiments.selection import GROUPS, Target, choose_targets
-from surgery.patching import Patch
+from surgery.patching import Patch, validate_edit
 
 OPS = ("constant", "zero")
 """constant: the study's edit (the vector set to value * ones, default 1/d_model). zero: the triple removed."""
@@ -163,7 +163,7 @@ def validate(model, embedding: str = "action_out", *, top: int = 5, controls: in
         for i, t in enumerate(targets):
             counters[t.group] += 1
             name = f"{PREFIX[t.group]}{counters[t.group]}"
-            edit = edit_specs.resolved(t.edit(op, settings["value"]), adapter.d_model)
+            edit = validate_edit(adapter, t.edit(op, settings["value"]))
             bar.set_postfix_str(f"{name} {edit_specs.short_label(edit)}")
             where = None if out is None else out / "edits" / f"{i:02d}-{name}-{edit_specs.slug(edit)}"
             with Patch(adapter.model, [edit]):
