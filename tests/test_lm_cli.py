@@ -26,6 +26,6 @@ def test_scan_tokens_and_width_commands(tmp_path, capsys):
 def test_errors_are_one_line(tmp_path, capsys):
     assert lm_cli.main(["scan", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("surgery lm scan: error: ") and "nothing is downloaded" in err
+    assert err.startswith("surgery lm scan: error: ") and "nowhere' does not exist" in err
     assert lm_cli.main(["scan", "random:gpt2-small", "--blocks", "1", "--k", "0"]) == 2
     assert "k=0 must be a positive number" in capsys.readouterr().err
