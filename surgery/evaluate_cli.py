@@ -8,19 +8,25 @@ from pathlib import Path
 from surgery.cli import non_negative_int, positive_int
 
 
+def add_rollout_arguments(p, episodes: int) -> None:
+    """The model and how it is played: options shared by `evaluate` and the edit experiments."""
+    p.add_argument("model", metavar="MODEL", help="zoo name (e.g. hopper) or Hugging Face checkpoint directory")
+    p.add_argument("--metadata", help="metadata JSON for a checkpoint directory without metadata.json")
+    p.add_argument("--episodes", type=positive_int, default=episodes, help=f"episodes per run (default {episodes})")
+    p.add_argument("--seed", type=non_negative_int, default=0,
+                   help="run seed; episode i is reset with a seed derived from (seed, i), so every run with "
+                        "this seed faces the same initial states (default 0)")
+    p.add_argument("--target-return", type=float, help="return to condition on (default: the metadata's first)")
+    p.add_argument("--max-steps", type=positive_int, help="cut episodes at this many steps (default: the env's limit)")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 forward: faster, actions differ slightly")
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser("evaluate", help="play a model for N episodes in lockstep; return, score, failures",
                               description=__doc__)
-    p.add_argument("model", metavar="MODEL", help="zoo name (e.g. hopper) or Hugging Face checkpoint directory")
-    p.add_argument("--metadata", help="metadata JSON for a checkpoint directory without metadata.json")
-    p.add_argument("--episodes", type=positive_int, default=100, help="episodes (default 100)")
-    p.add_argument("--seed", type=non_negative_int, default=0,
-                   help="run seed; episode i is reset with a seed derived from (seed, i) (default 0)")
-    p.add_argument("--target-return", type=float, help="return to condition on (default: the metadata's first)")
-    p.add_argument("--max-steps", type=positive_int, help="cut episodes at this many steps (default: the env's limit)")
+    add_rollout_arguments(p, episodes=100)
     p.add_argument("--out", type=Path, help="directory for episodes.sqlite: every finished episode is saved, "
                    "and rerunning the same command resumes")
-    p.add_argument("--bf16", action="store_true", help="bfloat16 forward: faster, actions differ slightly")
     p.add_argument("--json", action="store_true", help="print the summary and records as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 from surgery.cli import non_negative_int, positive_int
+from surgery.evaluate_cli import add_rollout_arguments
 
 WEIGHTS = ("K", "V", "OV", "QK")
 EDIT_OPS = ("constant", "zero", "scale", "keep_top")
@@ -18,14 +19,7 @@ def register(subparsers) -> None:
 
 def _common(p) -> None:
     """Options every behaviour experiment shares."""
-    p.add_argument("model", metavar="MODEL", help="zoo name (e.g. hopper) or Hugging Face checkpoint directory")
-    p.add_argument("--metadata", help="metadata JSON for a checkpoint directory without metadata.json")
-    p.add_argument("--episodes", type=positive_int, default=200, help="episodes per run (default 200)")
-    p.add_argument("--seed", type=non_negative_int, default=0,
-                   help="run seed; every run faces the same initial states (default 0)")
-    p.add_argument("--target-return", type=float, help="return to condition on (default: the metadata's first)")
-    p.add_argument("--max-steps", type=positive_int, help="cut episodes at this many steps (default: the env's limit)")
-    p.add_argument("--bf16", action="store_true", help="bfloat16 forward: faster, actions differ slightly")
+    add_rollout_arguments(p, episodes=200)
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of the summary")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 

@@ -92,6 +92,15 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
     return t.reshape(-1).view(torch.uint8) if t.dtype.is_floating_point else t
 
 
+@pytest.fixture
+def one_thread():
+    """Small problems: a second BLAS thread only adds contention on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(params=MODEL_PARAMS, ids=[f"{k}{'-square' if s else ''}" for k, s in MODEL_PARAMS])
 def any_model(request):
     kind, square = request.param

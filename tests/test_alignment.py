@@ -16,13 +16,7 @@ from tests.conftest import build
 from tests.reference import reference_matrix, reference_weights
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small problems: a second BLAS thread only adds contention on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 ANCHOR = {"K": "in", "V": "out", "OV": "out", "QK": "in"}  # DESIGN.md: the side whose sign is fixed

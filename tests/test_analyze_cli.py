@@ -6,19 +6,12 @@ import io
 import json
 
 import pytest
-import torch
 
 from surgery import cli
 from tests.conftest import build
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small problems: a second BLAS thread only adds contention on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)

@@ -11,13 +11,7 @@ from scipy import stats
 from surgery import chance
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small problems: a second BLAS thread only adds contention on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_unit(n, d, seed):

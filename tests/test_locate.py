@@ -10,13 +10,7 @@ from surgery.localisation import locate
 from tests.conftest import build
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small problems: a second BLAS thread only adds contention on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def unit(v):
