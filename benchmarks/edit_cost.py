@@ -29,7 +29,7 @@ def _model(d_model: int, d_mlp: int):
 
     torch.manual_seed(0)
     cfg = GPT2Config(vocab_size=8, n_positions=8, n_embd=d_model, n_layer=1, n_head=max(1, d_model // 64),
-                     n_inner=d_mlp)
+                     n_inner=d_mlp, bos_token_id=0, eos_token_id=0)
     return GPT2Model(cfg).eval()
 
 

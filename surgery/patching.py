@@ -238,9 +238,10 @@ def _check_disjoint(adapter: Adapter, edits) -> None:
 def _updates(adapter: Adapter, e: Edit) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """The low-rank update `target += left @ right` that realises one edit, as (target, left, right)."""
     svd = decompose(adapter, e.block, e.weight, head=e.head)
-    J = list(_indices(adapter, e))
-    if not J:  # keep_top(rank) keeps everything
+    r = _indices(adapter, e)
+    if not r:  # keep_top(rank) keeps everything
         return []
+    J = slice(r.start, r.stop)  # a view, cheaper than indexing with a list
     vecs = svd.vectors(e.side)[:, J]
     if e.op in ("constant", "replace"):
         new = (torch.full_like(vecs[:, 0], e.value) if e.op == "constant" else e.value.to(vecs)).unsqueeze(1)
@@ -280,10 +281,19 @@ def _restore_saved(adapter: Adapter, saved) -> None:
             spares.append(copy)
 
 
+# A rank-1 update of a large matrix is memory-bound: `addr_` streams it once, where CPU `addmm_`
+# with an inner dimension of 1 took twice as long (measured, 2 cores, float32: 6.8 vs 14.1 ms at
+# 4096x16384, 1.4 vs 3.4 ms at 2048x8192) but was faster below about 2M entries (6 vs 61 us at 128x512).
+_OUTER_PRODUCT_MIN = 1 << 21
+
+
 def _add_product(target: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> None:
     """target += left @ right, in place, rounding once to the target's dtype."""
     if target.dtype in (torch.float32, torch.float64):
-        target.addmm_(left.to(target), right.to(target))
+        if left.shape[1] == 1 and target.numel() >= _OUTER_PRODUCT_MIN:
+            target.addr_(left[:, 0].to(target), right[0].to(target))
+        else:
+            target.addmm_(left.to(target), right.to(target))
     else:  # bf16/fp16: form the sum in float32 so the update is not rounded to 8 bits before adding
         target.copy_(torch.addmm(target.float(), left.float().to(target.device), right.float().to(target.device)))
 
