@@ -40,8 +40,12 @@ def _study_edit(W: np.ndarray, ours: surgery.SVD, idx: int, side: str, value: fl
 
 @pytest.mark.parametrize("kind", ["dt", "gpt2", "gptj"])
 @pytest.mark.parametrize("square", [False, True])
-def test_constant_equals_the_study_formula(kind, square):
+@pytest.mark.parametrize("route", ["addmm", "addr"])
+def test_constant_equals_the_study_formula(kind, square, route, monkeypatch):
+    # Rank-1 updates of large matrices take the `addr_` route; force each route on these small ones.
+    monkeypatch.setattr(patching, "_OUTER_PRODUCT_MIN", 0 if route == "addr" else 1 << 62)
     model = build(kind, square)
+    before = snapshot(model)
     for weight, head in WEIGHT_HEADS:
         for side in ("in", "out"):
             idx = 1
@@ -52,6 +56,7 @@ def test_constant_equals_the_study_formula(kind, square):
             with patch(model, block=1, weight=weight, head=head, idx=idx, side=side, value=value):
                 got = reference_matrix(model, 1, weight, head)
             np.testing.assert_allclose(got, want, atol=2e-6, err_msg=f"{weight} side={side}")
+    assert_bitwise_equal(model, before)
 
 
 def test_constant_default_is_one_over_d_model_on_the_residual_side():
