@@ -1,6 +1,7 @@
 """The terminal summary and the Markdown report of a `Validation`."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from surgery.experiments import edits as edit_specs
@@ -65,7 +66,10 @@ def text(v) -> str:
     for name, c in v.verdict.criteria.items():
         lines.append(f"  [{'x' if c['holds'] else ' '}] {name}: {c['detail']}")
     cf = v.correlation_failures
-    lines.append(f"  (failure-rate increase against |cos|: Spearman rho {cf.rho:+.2f} [{cf.low:+.2f}, {cf.high:+.2f}])")
+    if math.isnan(cf.rho):  # e.g. HalfCheetah never terminates: every failure rate is 0
+        lines.append("  (failure-rate increase against |cos|: undefined, the failure rate is the same for every edit)")
+    else:
+        lines.append(f"  (failure-rate increase against |cos|: Spearman rho {cf.rho:+.2f} [{cf.low:+.2f}, {cf.high:+.2f}])")
     lines.append(f"  ({size_check(v)})")
     lines += ["", v.verdict.sentence]
     if v.model.get("untrained"):
