@@ -1,6 +1,6 @@
 """Decompose a decision transformer's MLP, compare K's singular vectors with the action outputs, patch one.
 
-    python examples/quickstart.py            # the zoo's Hopper model if shipped, else an untrained DT
+    python examples/quickstart.py            # the zoo's Hopper decision transformer, shipped with the package
 """
 from __future__ import annotations
 
@@ -9,21 +9,9 @@ import torch
 import surgery
 
 
-def load_model():
-    try:
-        return surgery.load("hopper"), "zoo model 'hopper'"
-    except (FileNotFoundError, ValueError):
-        from transformers import DecisionTransformerConfig, DecisionTransformerModel
-
-        torch.manual_seed(0)
-        cfg = DecisionTransformerConfig(state_dim=11, act_dim=3, hidden_size=128, n_layer=3, n_head=1,
-                                        n_inner=512, max_ep_len=1000, activation_function="relu")
-        return surgery.load(DecisionTransformerModel(cfg).eval()), "UNTRAINED decision transformer (random weights)"
-
-
 def main() -> None:
-    model, what = load_model()
-    print(f"model: {what}\n{model}\n")
+    model = surgery.load("hopper")
+    print(f"model: zoo 'hopper'\n{model}\n")
     actions = model.embedding_sets()["action_out"]
     unit = torch.nn.functional.normalize(actions.vectors.double(), dim=1)
     for block in range(model.n_blocks):
