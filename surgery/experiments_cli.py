@@ -64,13 +64,16 @@ def _register_validate(subparsers) -> None:
     p.add_argument("--top", type=positive_int, default=5, help="aligned vectors to edit (default 5)")
     p.add_argument("--controls", type=non_negative_int,
                    help="controls of each kind, same weight and other weight (default: --top)")
+    p.add_argument("--weights", nargs="+", choices=WEIGHTS, metavar="W",
+                   help="take the aligned vectors from these weights only, e.g. --weights K for the study's "
+                        "claim about K vectors (default: any of K V OV QK)")
     p.add_argument("--op", choices=OPS, default="constant",
                    help="constant: the study's edit (VALUE * ones, default 1/d_model); zero: remove the triple")
     p.add_argument("--value", type=float, help="the constant (op constant only)")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
     p.add_argument("--correction", choices=("holm", "bh"), default="holm",
                    help="multiple-comparison correction across edits: holm (family-wise) or bh (FDR)")
-    p.add_argument("--out", type=Path, help="output directory (default runs/validate/MODEL-EMBEDDING-OP)")
+    p.add_argument("--out", type=Path, help="output directory (default runs/validate/MODEL-EMBEDDING[-WEIGHTS]-OP)")
     p.set_defaults(func=run_validate)
 
 
@@ -124,8 +127,10 @@ def run_validate(args) -> int:
     if args.op == "zero" and args.value is not None:
         raise ValueError("--op zero takes no --value")
     model = _load(args)
-    out = args.out or Path("runs") / "validate" / f"{_name(args.model)}-{args.embedding}-{args.op}"
-    result = validate(model, args.embedding, top=args.top, controls=args.controls, op=args.op, value=args.value,
+    only = f"-{'-'.join(args.weights)}" if args.weights else ""
+    out = args.out or Path("runs") / "validate" / f"{_name(args.model)}-{args.embedding}{only}-{args.op}"
+    result = validate(model, args.embedding, top=args.top, controls=args.controls, weights=args.weights,
+                      op=args.op, value=args.value,
                       episodes=args.episodes, seed=args.seed, target_return=args.target_return, out=out,
                       dtype=torch.bfloat16 if args.bf16 else torch.float32, max_steps=args.max_steps,
                       alpha=args.alpha, correction=args.correction, progress=not args.quiet, source=args.model)

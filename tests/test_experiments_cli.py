@@ -61,6 +61,7 @@ def test_bad_input_is_one_clear_line(checkpoint, tmp_path, capsys, argv, message
     (["edit-eval", "M", "--block", "0", "--weight", "K", "--episodes", "0"], "must be a positive integer"),
     (["validate", "M", "--top", "-1"], "must be a positive integer"),
     (["validate", "M", "--op", "scale"], "invalid choice: 'scale'"),
+    (["validate", "M", "--weights", "MLP"], "invalid choice: 'MLP'"),
 ])
 def test_bad_arguments_exit_non_zero_with_a_clear_message(capsys, argv, message):
     with pytest.raises(SystemExit) as exit_:

@@ -48,6 +48,31 @@ def test_targets_are_the_most_aligned_and_unaligned_matched_controls(balancer):
         choose_targets(loc, balancer, top=1, controls=400)
 
 
+def test_aligned_vectors_can_be_taken_from_one_weight_type(balancer):
+    """The study's claim is about K: --weights K takes the aligned vectors from K only."""
+    loc = locate(balancer, embedding="action_out")
+    plan = choose_targets(loc, balancer, top=2, controls=1, weights=("K",))
+    aligned = [t for t in plan if t.group == "aligned"]
+    # K reads the state signal but is not action-aligned beyond chance here: the top K vectors anyway.
+    assert [t.weight for t in aligned] == ["K", "K"] and not any(t.significant for t in aligned)
+    best_k = [r for r in loc.ranking.rows() if r["weight"] == "K"][:2]
+    assert [(t.block, t.idx) for t in aligned] == [(r["block"], r["idx"]) for r in best_k]
+    others = [t for t in plan if t.group == "control_other"]
+    assert others and all(t.weight != "K" for t in others)
+    assert [t.weight for t in choose_targets(loc, balancer, top=1, controls=0, weights=["V"])] == ["V"]
+    with pytest.raises(ValueError, match="not ranked; valid: "):
+        choose_targets(loc, balancer, top=1, weights=("MLP",))
+
+
+def test_validate_restricted_to_k_says_so_and_is_not_testable_here(balancer, tmp_path):
+    v = validate(balancer, top=1, controls=1, weights=["K"], episodes=2, max_steps=10, out=tmp_path, progress=False)
+    assert v.verdict.outcome == "not testable"
+    assert "editing the K singular vectors most aligned" in v.text()
+    assert "the K vectors `surgery.locate` ranks" in (tmp_path / "validate.md").read_text()
+    with pytest.raises(ValueError, match="weights=.'K'. .now None."):
+        validate(balancer, top=1, controls=1, episodes=2, max_steps=10, out=tmp_path, progress=False)
+
+
 def test_validate_detects_the_aligned_edits_and_writes_its_report(balancer, tmp_path):
     v = validate(balancer, top=5, episodes=8, max_steps=100, out=tmp_path, progress=False)  # 2 are aligned
     by_name = {o.name: o for o in v.outcomes}

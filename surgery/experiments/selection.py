@@ -55,11 +55,14 @@ class Target:
 
 
 def choose_targets(location, adapter, top: int = 5, controls: int | None = None,
-                   embedding: str | None = None) -> list[Target]:
+                   embedding: str | None = None, weights=None) -> list[Target]:
     """Up to `top` aligned vectors, then `controls` same-weight and `controls` other-weight controls.
 
     Aligned: the top of locate's ranking that is aligned beyond chance (p_adj < alpha), at most
     `top`; when none is, the `top` highest-ranked anyway (a validation of them is "not testable").
+    weights: take the aligned vectors from these weight types only (e.g. ("K",), the study's claim);
+    significance is still that of locate's search over every weight, and other-weight controls
+    still come from the other types.
     controls: per kind, default one per aligned vector; control j is matched to aligned vector j mod
     the number aligned. Unaligned means: not significant and |cos| at most the median |cos| of all
     ranked vectors. Each control is the closest in energy share among those not yet chosen (ties:
@@ -74,17 +77,24 @@ def choose_targets(location, adapter, top: int = 5, controls: int | None = None,
         ranking = ranking.where(embedding=embedding)
     if len(set(ranking["embedding"])) > 1:
         raise ValueError("the location ranks several embedding sets; say which one with embedding=")
-    if len(ranking) < top:
-        raise ValueError(f"top={top} but only {len(ranking)} singular vectors were ranked")
     alpha = location.alpha
     energy = _energies(adapter)
     rows = [_target("aligned", r, alpha, energy) for r in ranking.rows()]
-    beyond_chance = sum(t.significant for t in rows)
-    aligned = rows[:min(top, beyond_chance) or top]  # the ranking puts the significant ones first
+    eligible = rows
+    if weights is not None:
+        ranked = sorted({t.weight for t in rows})
+        unknown = sorted(set(weights) - set(ranked))
+        if unknown or not weights:
+            raise ValueError(f"weights={list(weights)!r}: {unknown or 'none'} not ranked; valid: {', '.join(ranked)}")
+        eligible = [t for t in rows if t.weight in weights]
+    if len(eligible) < top:
+        raise ValueError(f"top={top} but only {len(eligible)} singular vectors were ranked")
+    beyond_chance = sum(t.significant for t in eligible)
+    aligned = eligible[:min(top, beyond_chance) or top]  # the ranking puts the significant ones first
     controls = len(aligned) if controls is None else controls
     chosen = {t.key() for t in aligned}
     median = float(np.median(ranking["abs_cos"]))
-    pool = [t for t in rows[len(aligned):] if not t.significant and t.abs_cos <= median]
+    pool = [t for t in rows if t.key() not in chosen and not t.significant and t.abs_cos <= median]
     plan = list(aligned)
     for group, same in (("control_same", True), ("control_other", False)):
         for j in range(controls):

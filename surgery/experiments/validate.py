@@ -118,7 +118,7 @@ class Validation:
         return markdown(self)
 
 
-def validate(model, embedding: str = "action_out", *, top: int = 5, controls: int | None = None,
+def validate(model, embedding: str = "action_out", *, top: int = 5, controls: int | None = None, weights=None,
              op: str = "constant", value: float | None = None, episodes: int = 200, seed: int = 0,
              target_return: float | None = None, out: str | Path | None = None, dtype: torch.dtype = torch.float32,
              max_steps: int | None = None, alpha: float = 0.05, correction: str = "holm", progress: bool = True,
@@ -127,6 +127,8 @@ def validate(model, embedding: str = "action_out", *, top: int = 5, controls: in
 
     top: at most this many aligned vectors, those beyond chance (see `selection.choose_targets`).
     controls: controls of each kind (same weight, other weight); default one per aligned vector.
+    weights: aligned vectors from these weight types only, e.g. ("K",) for the study's claim about
+        K vectors (default: any weight).
     op: "constant" (the study's edit) or "zero". correction: "holm" or "bh", across edits.
     out: a directory; every finished episode of every run is stored there as it ends (one SQLite
     store per edit, one baseline), so rerunning the same call resumes where it stopped.
@@ -144,7 +146,8 @@ def validate(model, embedding: str = "action_out", *, top: int = 5, controls: in
     adapter, source = adapter_with_metadata(model, source)
     out = None if out is None else Path(out)
     settings = {
-        "embedding": embedding, "top": top, "controls": controls, "op": op,
+        "embedding": embedding, "top": top, "controls": controls, "weights": None if weights is None else list(weights),
+        "op": op,
         "value": (1.0 / adapter.d_model if value is None else float(value)) if op == "constant" else None,
         "seed": seed, "target_return": target_return, "dtype": str(dtype).replace("torch.", ""),
         "max_steps": max_steps, "alpha": alpha, "correction": correction,
@@ -199,7 +202,7 @@ def validate(model, embedding: str = "action_out", *, top: int = 5, controls: in
 
 def _plan(adapter, settings: dict, out: Path | None) -> list[Target]:
     """The vectors to edit: read back from out/plan.json when resuming (after checking it fits), else chosen now."""
-    keys = {k: settings[k] for k in ("embedding", "top", "controls", "alpha", "op", "value")}
+    keys = {k: settings[k] for k in ("embedding", "top", "controls", "weights", "alpha", "op", "value")}
     weights = weights_sha256(adapter.model)
     path = None if out is None else out / PLAN_FILE
     if path is not None and path.is_file():
@@ -219,7 +222,8 @@ def _plan(adapter, settings: dict, out: Path | None) -> list[Target]:
     from surgery.localisation import locate
 
     location = locate(adapter, embedding=settings["embedding"], alpha=settings["alpha"])
-    targets = choose_targets(location, adapter, settings["top"], settings["controls"], settings["embedding"])
+    targets = choose_targets(location, adapter, settings["top"], settings["controls"], settings["embedding"],
+                             settings["weights"])
     if path is not None:
         write_atomic(path, to_json({"weights_sha256": weights, "settings": keys,
                                     "targets": [t.to_dict() for t in targets]}))

@@ -7,7 +7,7 @@ from pathlib import Path
 from surgery.experiments import edits as edit_specs
 from surgery.experiments.output import fmt, fmt_p
 
-CLAIM = ("editing the singular vectors most aligned with the {embedding} embedding makes the agent fail, "
+CLAIM = ("editing the {which}singular vectors most aligned with the {embedding} embedding makes the agent fail, "
          "while similar edits elsewhere do not")
 GROUP_WORDS = {"aligned": "aligned", "control_same": "ctrl same weight", "control_other": "ctrl other weight"}
 
@@ -56,13 +56,23 @@ def size_check(v) -> str:
     return line
 
 
+def _which(settings: dict) -> str:
+    """'K ' when the aligned vectors were restricted to K, '' when any weight could be chosen."""
+    weights = settings.get("weights")
+    return "" if not weights else " and ".join(weights) + " "
+
+
+def claim(settings: dict) -> str:
+    return CLAIM.format(which=_which(settings), embedding=settings["embedding"])
+
+
 def text(v) -> str:
     """Aligned vectors and controls in one table, then the criteria and the verdict."""
     rows = _rows(v)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = _header(v) + [""]
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
-    lines += ["", f"claim: {CLAIM.format(embedding=v.settings['embedding'])}"]
+    lines += ["", f"claim: {claim(v.settings)}"]
     for name, c in v.verdict.criteria.items():
         lines.append(f"  [{'x' if c['holds'] else ' '}] {name}: {c['detail']}")
     cf = v.correlation_failures
@@ -98,7 +108,7 @@ def markdown(v) -> str:
         v.verdict.sentence,
         "",
         *([f"Model notes: {v.model['notes']}", ""] if v.model.get("notes") else []),
-        f"Claim tested: {CLAIM.format(embedding=s['embedding'])}.",
+        f"Claim tested: {claim(s)}.",
         "",
         *[f"- {'✔' if c['holds'] else '✘'} {name}: {c['detail']}" for name, c in v.verdict.criteria.items()],
         "",
@@ -107,7 +117,7 @@ def markdown(v) -> str:
         "## Setup",
         "",
         *[f"- {line}" for line in _header(v)],
-        f"- aligned: the vectors `surgery.locate` ranks most aligned with `{s['embedding']}` beyond chance (|cos| "
+        f"- aligned: the {_which(s)}vectors `surgery.locate` ranks most aligned with `{s['embedding']}` beyond chance (|cos| "
         f"with the best label, chance-corrected p_adj < {s['alpha']:g}), at most {s['top']}; controls: per aligned "
         "vector, an unaligned one (not significant, "
         "|cos| at most the median) of the same weight, and one of another weight type, each matched on the share "
