@@ -59,7 +59,7 @@ def test_aligned_vectors_can_be_taken_from_one_weight_type(balancer):
     assert [(t.block, t.idx) for t in aligned] == [(r["block"], r["idx"]) for r in best_k]
     others = [t for t in plan if t.group == "control_other"]
     assert others and all(t.weight != "K" for t in others)
-    assert [t.weight for t in choose_targets(loc, balancer, top=1, controls=0, weights=["V"])] == ["V"]
+    assert [t.weight for t in choose_targets(loc, balancer, top=1, controls=0, weights="V")] == ["V"]
     with pytest.raises(ValueError, match="not ranked; valid: "):
         choose_targets(loc, balancer, top=1, weights=("MLP",))
 

@@ -82,6 +82,7 @@ def choose_targets(location, adapter, top: int = 5, controls: int | None = None,
     rows = [_target("aligned", r, alpha, energy) for r in ranking.rows()]
     eligible = rows
     if weights is not None:
+        weights = (weights,) if isinstance(weights, str) else tuple(weights)
         ranked = sorted({t.weight for t in rows})
         unknown = sorted(set(weights) - set(ranked))
         if unknown or not weights:

@@ -146,7 +146,7 @@ def validate(model, embedding: str = "action_out", *, top: int = 5, controls: in
     adapter, source = adapter_with_metadata(model, source)
     out = None if out is None else Path(out)
     settings = {
-        "embedding": embedding, "top": top, "controls": controls, "weights": None if weights is None else list(weights),
+        "embedding": embedding, "top": top, "controls": controls, "weights": None if weights is None else list((weights,) if isinstance(weights, str) else weights),
         "op": op,
         "value": (1.0 / adapter.d_model if value is None else float(value)) if op == "constant" else None,
         "seed": seed, "target_return": target_return, "dtype": str(dtype).replace("torch.", ""),
