@@ -22,7 +22,7 @@ def main() -> None:
     ap.add_argument("env_id")
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--return-scale", type=float, default=1000.0)
-    ap.add_argument("--episodes", type=int, default=20, help="evaluation episodes per model (seeds 0..N-1)")
+    ap.add_argument("--episodes", type=int, default=20, help="evaluation episodes per model (surgery.evaluate, run seed 0)")
     args = ap.parse_args()
     data = datasets.load(args.data)
     info = env_info(args.env_id)
@@ -30,7 +30,7 @@ def main() -> None:
     rets = [e["rewards"].sum() for e in datasets.episodes(data)]
     target = math.ceil(max(rets) / 100) * 100
     width = max(args.steps // 10, 1)
-    print(f"steps {args.steps}, target {target}, evaluation seeds 0..{args.episodes - 1}", flush=True)
+    print(f"steps {args.steps}, target {target}, {args.episodes} evaluation episodes (run seed 0)", flush=True)
     for bf16 in (False, True):
         cfg = TrainConfig(steps=args.steps, warmup_steps=min(1000, args.steps // 10), return_scale=args.return_scale, bf16=bf16)
         res = train(cfg, data, act_dim, info.discrete, progress=False)
