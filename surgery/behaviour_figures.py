@@ -142,8 +142,7 @@ def damage_vs_alignment(points: Sequence[Mapping], correlation=None, title: str 
     ax.set_ylabel(damage_label)
     heading = "damage against alignment"
     if correlation is not None and np.isfinite(correlation.rho):
-        heading += (f": Spearman rho {correlation.rho:+.2f} [{correlation.low:+.2f}, {correlation.high:+.2f}], "
-                    f"p {correlation.p:.2g}")
+        heading += f": {correlation.describe()}, p {correlation.p:.2g}"
     ax.set_title(heading, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

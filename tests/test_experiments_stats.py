@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from surgery.experiments.correlation import partial_spearman, spearman
+from surgery.experiments.correlation import Correlation, partial_spearman, spearman
 from surgery.experiments.verdict import judge
 
 
@@ -30,6 +30,9 @@ def test_spearman_matches_scipy_with_fisher_interval_and_exact_permutation_p():
 def test_spearman_of_constant_or_tiny_samples_is_undefined():
     assert math.isnan(spearman([1, 2, 3], [5, 5, 5]).rho)
     assert math.isnan(spearman([1, 2], [1, 2]).rho)
+    assert spearman([1, 2, 3], [5, 5, 5]).describe() == \
+        "Spearman rho undefined (fewer than 3 points, or one side is the same for all)"
+    assert spearman([1, 2, 3, 4, 5], [1, 2, 3, 5, 4]).describe("rho").startswith("rho +0.90 [")
     with pytest.raises(ValueError, match="method"):
         spearman([1, 2, 3, 4], [1, 3, 2, 4], method="kendall")
 
@@ -57,7 +60,7 @@ def _validation(aligned, controls, rho_low, aligned_significant=True):
     outcomes = [outcome("aligned", d, p) for d, p in aligned] + [outcome("control_same", d, p) for d, p in controls]
     return SimpleNamespace(
         outcomes=outcomes, settings={"alpha": 0.05, "correction": "holm", "embedding": "action_out"},
-        correlation=SimpleNamespace(rho=0.8, low=rho_low, high=0.95, p=0.01, n=len(outcomes)),
+        correlation=Correlation(0.8, rho_low, 0.95, 0.01, len(outcomes), "fisher-z"),
         group=lambda name: [o for o in outcomes if o.target.group == name],
     )
 

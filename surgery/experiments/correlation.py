@@ -22,6 +22,12 @@ class Correlation:
     """How the interval was made: "fisher-z" (Fieller's variance 1.06 / (n - 3)) or "bootstrap"."""
     confidence: float = 0.95
 
+    def describe(self, name: str = "Spearman rho") -> str:
+        """'Spearman rho +0.57 [+0.07, +0.84]', or why there is no rho (nan is not a result to print)."""
+        if math.isnan(self.rho):
+            return f"{name} undefined (fewer than 3 points, or one side is the same for all)"
+        return f"{name} {self.rho:+.2f} [{self.low:+.2f}, {self.high:+.2f}]"
+
 
 def spearman(x, y, confidence: float = 0.95, method: str = "fisher-z", n_resamples: int = 9999,
              seed: int = 0) -> Correlation:

@@ -1,7 +1,6 @@
 """The terminal summary and the Markdown report of a `Validation`."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from surgery.experiments import edits as edit_specs
@@ -49,10 +48,9 @@ def size_check(v) -> str:
             f"{np.median(controls):.3f} controls" if controls else "size check: no controls")
     ce, pc = getattr(v, "correlation_energy", None), getattr(v, "partial_correlation", None)
     if ce is not None and np.isfinite(ce.rho):
-        line += f"; damage against energy share: rho {ce.rho:+.2f} [{ce.low:+.2f}, {ce.high:+.2f}]"
+        line += f"; damage against energy share: {ce.describe('rho')}"
     if pc is not None and np.isfinite(pc.rho):
-        line += (f"; |cos| against damage with energy share held fixed: partial rho {pc.rho:+.2f} "
-                 f"[{pc.low:+.2f}, {pc.high:+.2f}], p {pc.p:.2g}")
+        line += f"; |cos| against damage with energy share held fixed: {pc.describe('partial rho')}, p {pc.p:.2g}"
     return line
 
 
@@ -76,10 +74,7 @@ def text(v) -> str:
     for name, c in v.verdict.criteria.items():
         lines.append(f"  [{'x' if c['holds'] else ' '}] {name}: {c['detail']}")
     cf = v.correlation_failures
-    if math.isnan(cf.rho):  # e.g. HalfCheetah never terminates: every failure rate is 0
-        lines.append("  (failure-rate increase against |cos|: undefined, the failure rate is the same for every edit)")
-    else:
-        lines.append(f"  (failure-rate increase against |cos|: Spearman rho {cf.rho:+.2f} [{cf.low:+.2f}, {cf.high:+.2f}])")
+    lines.append(f"  (failure-rate increase against |cos|: {cf.describe()})")  # undefined where nothing fails
     lines.append(f"  ({size_check(v)})")
     lines += ["", v.verdict.sentence]
     if v.model.get("untrained"):

@@ -84,8 +84,7 @@ def judge(v) -> Verdict:
                                  f"{k.n_significant} of {k.n} control edits lower the mean return significantly; "
                                  f"{k.n_fail_more} of {k.n} fail significantly more often (aligned > control "
                                  f"damage, one-sided Mann-Whitney over edits: p = {p_groups:.2g})"},
-        "damage rises with alignment": {"holds": c3, "detail": f"Spearman rho {rho.rho:+.2f} "
-                                        f"[{rho.low:+.2f}, {rho.high:+.2f}] over {rho.n} edited vectors"},
+        "damage rises with alignment": {"holds": c3, "detail": f"{rho.describe()} over {rho.n} edited vectors"},
     }
     n_aligned_sig = sum(o.target.significant for o in aligned)
     if n_aligned_sig == 0:
@@ -98,7 +97,7 @@ def judge(v) -> Verdict:
         outcome = "not supported"
     sentence = (f"aligned edits: mean damage {_est(a.mean)} ({a.n_significant}/{a.n} significant); "
                 f"controls: {_est(k.mean)} ({k.n_significant}/{k.n}); "
-                f"Spearman rho = {rho.rho:+.2f} [{rho.low:+.2f}, {rho.high:+.2f}], p = {rho.p:.2g}: {outcome.upper()}")
+                f"{rho.describe('Spearman rho =')}, p = {rho.p:.2g}: {outcome.upper()}")
     if outcome == "not testable":
         best = min(o.target.p_adj for o in aligned)
         sentence += (f" (no singular vector is aligned with {v.settings['embedding']} beyond chance on this model; "
