@@ -9,6 +9,8 @@ from typing import Callable, ClassVar, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
+from surgery.errors import SurgeryError
+
 WEIGHTS = ("K", "V", "OV", "QK")
 """Weight names: MLP input ("K", [d_model, d_mlp]), MLP output ("V", [d_mlp, d_model]), per-head OV and QK."""
 
@@ -151,7 +153,7 @@ class Adapter:
         points = self.hook_modules()
         unknown = [n for n in fns if n not in points]
         if unknown:
-            raise ValueError(f"unknown hook point(s) {unknown}; valid: 'embed', 'final' and "
+            raise SurgeryError(f"unknown hook point(s) {unknown}; valid: 'embed', 'final' and "
                              f"'blocks.{{0..{self.n_blocks - 1}}}.{{{','.join(BLOCK_HOOKS)}}}'")
         handles = []
         try:

@@ -30,9 +30,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 import surgery  # noqa: E402
-from surgery import chance  # noqa: E402
-from surgery.align import alignment  # noqa: E402
-from surgery.cosines import extremes, unit_rows  # noqa: E402
+from surgery.analysis import chance  # noqa: E402
+from surgery.analysis.alignment import alignment  # noqa: E402
+from surgery.analysis.cosines import extremes, unit_rows  # noqa: E402
 
 
 def _time(fn) -> float:
@@ -136,7 +136,7 @@ def bench_parts(repeats: int) -> None:
     # K and V: one block's pair, by each decompose route available.
     methods = ["exact"]
     if "method" in inspect.signature(surgery.decompose).parameters:
-        from surgery import lowrank
+        from surgery.core import lowrank
 
         methods = list(lowrank.METHODS)
     line = []

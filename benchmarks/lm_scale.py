@@ -4,7 +4,7 @@
     python benchmarks/lm_scale.py --shapes gptj-6b --methods gram randomized --repeats 3
     python benchmarks/lm_scale.py --micro               # the single-matrix timings quoted in the issue
 
-"Full analysis" is `surgery.lm_scan.scan`: for every block, the top-k triples of K, V and every
+"Full analysis" is `surgery.lm.scan.scan`: for every block, the top-k triples of K, V and every
 head's OV and QK, and the top/bottom tokens and coherence of all their residual-facing vectors
 against the 50k-token unembedding. Weights are random (HF's init scale, N(0, 0.02)): nothing is
 downloaded. Timings are medians over repeats, each repeat on freshly drawn weights, all routes
@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from surgery.lm_load import SHAPES, randomize, random_lm  # noqa: E402
+from surgery.lm.shapes import SHAPES, random_lm, randomize  # noqa: E402
 
 
 def build(shape: str, n_blocks: int, device: str, dtype: torch.dtype, seed: int = 0):
@@ -89,7 +89,7 @@ def peak(device: str):
 
 
 def run_scan(model, method: str, k: int, dtype: str, blocks=None):
-    from surgery.lm_scan import ScanConfig, scan
+    from surgery.lm.scan import ScanConfig, scan
 
     cfg = ScanConfig(k=k, method=method, dtype=dtype, null_draws=200, progress=False)
     return scan(model, cfg, blocks=blocks)
@@ -122,7 +122,7 @@ def per_block(shape, device, methods, k, repeats, weight_dtype, dtype):
 def agreement(shape, device, k, dtype, weight_dtype):
     """Largest angle (radians) between fast and exact top-k vectors, per weight, on one random block."""
     import surgery
-    from surgery.lowrank import subspace_angles
+    from surgery.core.lowrank import subspace_angles
 
     model = build(shape, 1, device, weight_dtype, seed=99)
     dt = {"float32": torch.float32, "float64": torch.float64}[dtype]
@@ -140,8 +140,8 @@ def agreement(shape, device, k, dtype, weight_dtype):
 
 def micro(device: str, dtype: torch.dtype, repeats: int):
     """The issue's single-matrix figures: one GPT-J MLP matrix and one OV circuit (16 heads)."""
-    from surgery import lowrank
-    from surgery.decomposition import factored_svd
+    from surgery.core import lowrank
+    from surgery.core.decomposition import factored_svd
 
     g = torch.Generator().manual_seed(0)
     M = (torch.randn(4096, 16384, generator=g) * 0.02).to(device, dtype)

@@ -21,9 +21,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from surgery.dt_policy import DTPolicy, forward_flops  # noqa: E402
-from surgery.evaluation import evaluate  # noqa: E402
-from surgery.hf_loop import hf_episode, untrained_dt  # noqa: E402
+from surgery.behaviour.evaluation import evaluate  # noqa: E402
+from surgery.behaviour.hf_loop import hf_episode, untrained_dt  # noqa: E402
+from surgery.behaviour.policy import DTPolicy, forward_flops  # noqa: E402
 
 MATMUL = (6000, 128, 512)  # rows x in x out: one MLP c_fc over ~100 episodes x 59 tokens
 

@@ -9,9 +9,9 @@ import math
 
 import numpy as np
 
-from surgery.envs import env_info
+from surgery.behaviour.envs import env_info
+from surgery.behaviour.metadata import DTMetadata
 from surgery.zoo import datasets
-from surgery.zoo.metadata import DTMetadata
 from surgery.zoo.rollout import play
 from surgery.zoo.train import TrainConfig, train
 

@@ -1,23 +1,44 @@
 """SVD interpretability and reversible singular-vector surgery on transformers.
 
-The public names are imported on first use, so `surgery --help` starts fast and the command line
-can configure threading before torch is loaded.
+    model = surgery.load("hopper")                       # the one door: zoo name, checkpoint dir, or model
+    U, S, V = surgery.decompose(model, block=1, weight="K")
+    with surgery.patch(model, block=1, weight="K", idx=0): ...
+
+The package is layered (imports run down only): `adapters` (architecture maps) < `surgery.core`
+(decompositions, patches) < `surgery.analysis` (alignment, chance, reports) < `surgery.behaviour`
+(rollouts, environments, results) < `surgery.lm`, `surgery.experiments` < `surgery.zoo` (building
+models) < `surgery.loading` < `surgery.cli`. The public names below are imported on first use, so
+`surgery --help` starts fast and the command line can configure threading before torch is loaded.
 """
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
 _EXPORTS = {
     "Adapter": "adapters", "register": "adapters", "supported": "adapters", "wrap": "adapters",
-    "SVD": "surgery.decomposition", "decompose": "surgery.decomposition",
-    "Edit": "surgery.patching", "Patch": "surgery.patching", "patch": "surgery.patching",
+    "SVD": "surgery.core.decomposition", "decompose": "surgery.core.decomposition",
+    "Edit": "surgery.core.patching", "Patch": "surgery.core.patching", "patch": "surgery.core.patching",
     "load": "surgery.loading",
-    "alignment": "surgery.align", "locate": "surgery.localisation",
-    "EvalResult": "surgery.evaluation", "evaluate": "surgery.evaluation", "evaluate_pair": "surgery.evaluation",
+    "alignment": "surgery.analysis.alignment", "locate": "surgery.analysis.localisation",
+    "EvalResult": "surgery.behaviour.evaluation", "evaluate": "surgery.behaviour.evaluation",
+    "evaluate_pair": "surgery.behaviour.evaluation",
+    "SurgeryError": "surgery.errors",
 }
 _MODULES = ("stats",)
 
 __all__ = sorted([*_EXPORTS, *_MODULES])
+
+if TYPE_CHECKING:  # what editors and type checkers see through the lazy exports below
+    from adapters import Adapter, register, supported, wrap
+    from surgery import stats
+    from surgery.analysis.alignment import alignment
+    from surgery.analysis.localisation import locate
+    from surgery.behaviour.evaluation import EvalResult, evaluate, evaluate_pair
+    from surgery.core.decomposition import SVD, decompose
+    from surgery.core.patching import Edit, Patch, patch
+    from surgery.errors import SurgeryError
+    from surgery.loading import load
 
 
 def __getattr__(name: str):

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from adapters import Adapter, wrap
+from surgery.errors import SurgeryError
 
 # config.json "model_type" -> (class for an "architectures" entry naming a bare body, default class)
 _HF_CLASSES = {
@@ -27,7 +28,7 @@ def parse_dtype(dtype) -> torch.dtype | None:
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in DTYPES:
-        raise ValueError(f"dtype={dtype!r} is not known; valid: {', '.join(DTYPES)}")
+        raise SurgeryError(f"dtype={dtype!r} is not known; valid: {', '.join(DTYPES)}")
     return DTYPES[dtype]
 
 
@@ -59,17 +60,17 @@ def _load_path(source, metadata, dtype) -> Adapter:
     if path.is_dir():
         return _load_dir(path, metadata, dtype)
     if path.exists():
-        raise ValueError(f"{path} is a file; expected a checkpoint directory holding config.json")
+        raise SurgeryError(f"{path} is a file; expected a checkpoint directory holding config.json")
     if _looks_like_path(str(source)):
         raise FileNotFoundError(f"model path {str(source)!r} does not exist")
-    zoo = _zoo_names()
-    if str(source) in zoo:
-        from surgery import zoo as zoo_module
-        return _zoo_checkpoint(zoo_module.resolve(str(source)), metadata)
+    from surgery import zoo
+
+    if str(source) in zoo.names():
+        return _zoo_checkpoint(zoo.resolve(str(source)), metadata)
     cached = _hf_cache_snapshot(str(source))
     if cached is not None:
         return _load_dir(cached, metadata, dtype)
-    hint = f"; zoo models: {', '.join(zoo)}" if zoo else ""
+    hint = f"; zoo models: {', '.join(zoo.names())}" if zoo.names() else ""
     raise FileNotFoundError(f"{source!r} is neither a checkpoint directory, a zoo model name nor a model in the "
                             f"local Hugging Face cache (nothing is downloaded; fetch it yourself first, e.g. "
                             f"`huggingface-cli download {source}`){hint}")
@@ -97,10 +98,10 @@ def _load_dir(path: Path, metadata, dtype=None) -> Adapter:
     try:
         config = json.loads(config_file.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{config_file} is not valid JSON: {e}") from None
+        raise SurgeryError(f"{config_file} is not valid JSON: {e}") from None
     model_type = config.get("model_type")
     if model_type not in _HF_CLASSES:
-        raise ValueError(f"{path}: model_type {model_type!r} is not supported; "
+        raise SurgeryError(f"{path}: model_type {model_type!r} is not supported; "
                          f"supported: {', '.join(sorted(_HF_CLASSES))}")
     if model_type == "decision_transformer" and (metadata is not None or (path / "metadata.json").is_file()):
         return _zoo_checkpoint(path, metadata)
@@ -123,25 +124,17 @@ def _load_dir(path: Path, metadata, dtype=None) -> Adapter:
 
 
 def _zoo_checkpoint(path: Path, metadata):
-    """A decision transformer with its metadata, through the zoo's checked loader."""
-    from surgery import zoo
+    """A decision transformer with its metadata.json, through the checked checkpoint reader."""
+    from surgery.behaviour.checkpoint import load_checkpoint
 
-    model, meta = zoo.load_checkpoint(path, metadata=metadata)
+    model, meta = load_checkpoint(path, metadata=metadata)
     adapter = wrap(model)
     adapter.metadata = meta
     return adapter
 
 
-def _zoo_names() -> list[str]:
-    try:
-        from surgery import zoo
-    except ImportError:
-        return []
-    return zoo.names() if hasattr(zoo, "names") else []
-
-
 def _as_metadata(metadata):
-    from surgery.zoo.metadata import DTMetadata
+    from surgery.behaviour.metadata import DTMetadata
 
     if isinstance(metadata, DTMetadata):
         return metadata

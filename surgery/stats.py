@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from surgery.errors import SurgeryError
+
 __all__ = [
     "Estimate", "FailureRate", "Survival", "PairedComparison",
     "mean_ci", "summarize", "failure_rate", "survival", "paired_comparison",
@@ -90,9 +92,9 @@ def _rng(seed: int) -> dict:
 def _as_1d(x, name: str) -> np.ndarray:
     a = np.asarray(x, dtype=float).ravel()
     if a.size == 0:
-        raise ValueError(f"{name} is empty; need at least one value")
+        raise SurgeryError(f"{name} is empty; need at least one value")
     if not np.all(np.isfinite(a)):
-        raise ValueError(f"{name} has non-finite values")
+        raise SurgeryError(f"{name} has non-finite values")
     return a
 
 
@@ -129,7 +131,7 @@ def failure_rate(failed, confidence: float = 0.95) -> FailureRate:
     """Fraction of failed episodes with a Wilson score interval (scipy.stats.binomtest)."""
     f = np.asarray(failed, dtype=bool).ravel()
     if f.size == 0:
-        raise ValueError("failed is empty; need at least one episode")
+        raise SurgeryError("failed is empty; need at least one episode")
     k, n = int(f.sum()), int(f.size)
     ci = stats.binomtest(k, n).proportion_ci(confidence_level=confidence, method="wilson")
     return FailureRate(k, n, Estimate(k / n, float(ci.low), float(ci.high), confidence))
@@ -140,7 +142,7 @@ def survival(lengths, failed, confidence: float = 0.95) -> Survival:
     t = _as_1d(lengths, "lengths")
     f = np.asarray(failed, dtype=bool).ravel()
     if f.shape != t.shape:
-        raise ValueError(f"lengths has {t.size} entries but failed has {f.size}")
+        raise SurgeryError(f"lengths has {t.size} entries but failed has {f.size}")
     if not f.any():
         empty = np.array([])
         return Survival(empty, empty, empty, empty, int(t.size), 0, float("inf"))
@@ -159,7 +161,7 @@ def survival(lengths, failed, confidence: float = 0.95) -> Survival:
 def _paired(baseline, edited) -> np.ndarray:
     b, e = _as_1d(baseline, "baseline"), _as_1d(edited, "edited")
     if b.shape != e.shape:
-        raise ValueError(f"paired samples differ in length: baseline {b.size}, edited {e.size}")
+        raise SurgeryError(f"paired samples differ in length: baseline {b.size}, edited {e.size}")
     return e - b
 
 
@@ -206,7 +208,7 @@ def paired_failures(baseline_failed, edited_failed) -> dict:
     b = np.asarray(baseline_failed, dtype=bool).ravel()
     e = np.asarray(edited_failed, dtype=bool).ravel()
     if b.shape != e.shape:
-        raise ValueError(f"paired samples differ in length: baseline {b.size}, edited {e.size}")
+        raise SurgeryError(f"paired samples differ in length: baseline {b.size}, edited {e.size}")
     only_edited, only_baseline = int((e & ~b).sum()), int((b & ~e).sum())
     n = only_edited + only_baseline
     p = float(stats.binomtest(only_edited, n, 0.5).pvalue) if n else 1.0
@@ -217,7 +219,7 @@ def adjust_pvalues(pvalues, method: str = "bh") -> np.ndarray:
     """Multiple-comparison adjusted p-values: "bh" (Benjamini-Hochberg, scipy) or "holm" (family-wise)."""
     p = np.asarray(pvalues, dtype=float)
     if p.ndim != 1 or np.any((p < 0) | (p > 1)) or not np.all(np.isfinite(p)):
-        raise ValueError(f"p-values must be a 1-d array of numbers in [0, 1], got {pvalues!r}")
+        raise SurgeryError(f"p-values must be a 1-d array of numbers in [0, 1], got {pvalues!r}")
     if method == "bh":
         return stats.false_discovery_control(p, method="bh") if p.size else p
     if method == "holm":
@@ -228,7 +230,7 @@ def adjust_pvalues(pvalues, method: str = "bh") -> np.ndarray:
         out = np.empty(m)
         out[order] = np.minimum(stepped, 1.0)
         return out
-    raise ValueError(f"unknown method {method!r}; valid: 'bh', 'holm'")
+    raise SurgeryError(f"unknown method {method!r}; valid: 'bh', 'holm'")
 
 
 def compare(baseline, edited, metric: str = "episode_return", **kwargs) -> dict:
@@ -237,12 +239,12 @@ def compare(baseline, edited, metric: str = "episode_return", **kwargs) -> dict:
     edit = {r.seed: r for r in edited.records}
     seeds = sorted(set(base) & set(edit))
     if not seeds:
-        raise ValueError("the two results share no seeds; evaluate both with the same seed and episodes")
+        raise SurgeryError("the two results share no seeds; evaluate both with the same seed and episodes")
     missing = len(base) + len(edit) - 2 * len(seeds)
     pairs = [(base[s], edit[s]) for s in seeds]
     values = [(getattr(b, metric), getattr(e, metric)) for b, e in pairs]
     if any(v is None for pair in values for v in pair):
-        raise ValueError(f"metric {metric!r} is missing for some episodes (no D4RL reference for scores?)")
+        raise SurgeryError(f"metric {metric!r} is missing for some episodes (no D4RL reference for scores?)")
     b_vals, e_vals = np.array(values).T
     return {
         "pairs": len(seeds),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from surgery.zoo.metadata import DTMetadata
+from surgery.behaviour.metadata import DTMetadata
 
 GAINS = (0.0, 0.2, 1.0, 0.5)
 """w: a linear controller on (x, x_dot, theta, theta_dot) that balances CartPole-v1 for 500 steps."""

@@ -132,8 +132,8 @@ def test_dt_embedding_sets_are_what_the_model_adds_and_reads():
 
 
 def test_dt_labels_come_from_metadata():
-    from surgery.envs import HOPPER
-    from surgery.zoo.metadata import DTMetadata
+    from surgery.behaviour.envs import HOPPER
+    from surgery.behaviour.metadata import DTMetadata
 
     model = build("dt")
     meta = DTMetadata(env_id="X-v0", state_dim=5, act_dim=3, state_names=list(HOPPER.state_names[:5]),

@@ -10,11 +10,10 @@ import pytest
 import torch
 
 import surgery
-from surgery.align import alignment
-from surgery.cosines import extremes, unit_rows
+from surgery.analysis.alignment import alignment
+from surgery.analysis.cosines import extremes, unit_rows
 from tests.conftest import build
 from tests.reference import reference_matrix, reference_weights
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -77,7 +76,7 @@ def test_cosines_match_numpy(kind):
 
 
 def test_labels_are_names():
-    from surgery.zoo.metadata import DTMetadata
+    from surgery.behaviour.metadata import DTMetadata
 
     model = build("dt")
     meta = DTMetadata(env_id="Hopper-v5", state_dim=5, act_dim=3, max_ep_len=40,
@@ -180,7 +179,7 @@ def test_bad_input(kwargs, match):
 
 
 def test_table_sort_is_stable_both_ways():
-    from surgery.tidy import Table
+    from surgery.analysis.tables import Table
 
     t = Table({"a": np.array([2, 1, 2, 1, 3]), "b": np.array([0.5, 0.1, 0.9, 0.1, 0.0]), "i": np.arange(5)})
     assert t.sort("a", "b", descending=[False, True])["i"].tolist() == [1, 3, 2, 0, 4]

@@ -10,15 +10,7 @@ import pytest
 from surgery import cli
 from tests.conftest import build
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(autouse=True)
-def analyze_registered(monkeypatch):
-    """Until the lead lists surgery.analyze_cli in cli.COMMAND_MODULES, add it here."""
-    if "surgery.analyze_cli" not in cli.COMMAND_MODULES:
-        monkeypatch.setattr(cli, "COMMAND_MODULES", cli.COMMAND_MODULES + ("surgery.analyze_cli",))
 
 
 def run(capsys, *argv):
@@ -29,7 +21,7 @@ def run(capsys, *argv):
 
 @pytest.fixture(scope="module")
 def dt_dir(tmp_path_factory):
-    from surgery.zoo.metadata import DTMetadata
+    from surgery.behaviour.metadata import DTMetadata
 
     path = tmp_path_factory.mktemp("dt")
     build("dt").save_pretrained(path)
@@ -133,7 +125,7 @@ def test_bad_option_values_exit_2(capsys, dt_dir):
 
 
 def test_failure_while_rendering_writes_nothing(capsys, tmp_path, dt_dir, monkeypatch):
-    from surgery.report import figures
+    from surgery.analysis.report import figures
 
     def broken(*a, **k):
         raise RuntimeError("matplotlib exploded")

@@ -8,8 +8,7 @@ import pytest
 import torch
 from scipy import stats
 
-from surgery import chance
-
+from surgery.analysis import chance
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import surgery
-import surgery.decomposition as dec
+import surgery.core.decomposition as dec
 from tests.conftest import build
 from tests.reference import reference_matrix, reference_weights
 

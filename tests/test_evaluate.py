@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from surgery.envs import HOPPER
-from surgery.evaluation import EpisodeRecord, EvalResult, episode_seed, evaluate, is_failure
-from surgery.hf_loop import hf_get_action, untrained_dt
+from surgery.behaviour.envs import HOPPER
+from surgery.behaviour.evaluation import EpisodeRecord, EvalResult, episode_seed, evaluate, is_failure
+from surgery.behaviour.hf_loop import hf_get_action, untrained_dt
 from tests.test_evaluate_policy import scramble
 
 

@@ -7,8 +7,8 @@ import sqlite3
 
 import pytest
 
-from surgery import evaluate_cli
-from surgery.hf_loop import untrained_dt
+from surgery.behaviour.hf_loop import untrained_dt
+from surgery.cli import evaluate as evaluate_cli
 
 
 def parse(argv):

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 from surgery import patch, stats
-from surgery.evaluation import evaluate, evaluate_pair
-from surgery.hf_loop import untrained_dt
+from surgery.behaviour.evaluation import evaluate, evaluate_pair
+from surgery.behaviour.hf_loop import untrained_dt
 from tests.test_evaluate_policy import scramble
 
 DESTROY_K = [dict(block=b, weight="K", op="keep_top", value=0) for b in range(3)]  # zero every K triple

@@ -7,8 +7,8 @@ import pytest
 import torch
 from transformers import DecisionTransformerConfig, DecisionTransformerModel
 
-from surgery.dt_policy import DTPolicy, forward_flops
-from surgery.hf_loop import hf_episode, hf_get_action, untrained_dt
+from surgery.behaviour.hf_loop import hf_episode, hf_get_action, untrained_dt
+from surgery.behaviour.policy import DTPolicy, forward_flops
 
 
 def scramble(model, seed: int = 0):

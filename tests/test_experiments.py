@@ -44,7 +44,7 @@ def test_the_report_is_written_and_a_rerun_resumes_without_running_again(balance
         assert (tmp_path / name).stat().st_size > 0
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporary files behind
 
-    from surgery.evaluation import _Lockstep
+    from surgery.behaviour.evaluation import _Lockstep
 
     def no_more_episodes(*args, **kwargs):
         raise AssertionError("a finished experiment ran episodes again")

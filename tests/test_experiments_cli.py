@@ -10,8 +10,6 @@ from tests.experiments_models import cartpole_dt
 
 
 def main(argv) -> int:
-    if "surgery.experiments_cli" not in cli.COMMAND_MODULES:  # until the lead registers the module
-        cli.COMMAND_MODULES = cli.COMMAND_MODULES + ("surgery.experiments_cli",)
     return cli.main(argv)
 
 

@@ -11,9 +11,9 @@ import time
 
 import pytest
 
+from surgery.analysis.localisation import locate
 from surgery.experiments import choose_targets, validate
 from surgery.loading import load
-from surgery.localisation import locate
 from tests.experiments_models import cartpole_dt
 
 # The balancer's policy flows through block 0's K (reads the state) and V (writes the action
@@ -96,7 +96,7 @@ def test_validate_detects_the_aligned_edits_and_writes_its_report(balancer, tmp_
 
 
 def test_an_untrained_model_is_not_testable():
-    from surgery.hf_loop import untrained_dt
+    from surgery.behaviour.hf_loop import untrained_dt
 
     model, md = untrained_dt("CartPole-v1")
     v = validate(load(model, metadata=md), top=2, controls=1, episodes=4, max_steps=20, progress=False)
@@ -111,17 +111,13 @@ def test_a_plan_made_with_other_settings_is_refused(balancer, tmp_path):
         validate(balancer, top=1, controls=1, episodes=2, max_steps=11, out=tmp_path, progress=False)
 
 
-CLI = ("import sys; from surgery import cli; "
-       "cli.COMMAND_MODULES += tuple(m for m in ('surgery.experiments_cli',) if m not in cli.COMMAND_MODULES); "
-       "sys.exit(cli.main(sys.argv[1:]))")
+CLI = "import sys; from surgery import cli; sys.exit(cli.main(sys.argv[1:]))"
 
 
 def main(argv) -> int:
     """`surgery ARGV` in this process, with the experiments commands registered."""
     from surgery import cli
 
-    if "surgery.experiments_cli" not in cli.COMMAND_MODULES:
-        cli.COMMAND_MODULES = cli.COMMAND_MODULES + ("surgery.experiments_cli",)
     return cli.main(argv)
 
 

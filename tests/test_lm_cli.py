@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from surgery import lm_cli
+from surgery.cli import lm as lm_cli
 from tests.lm_fixtures import make_tokenizer, saved_model
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import surgery
-from surgery import lm_load
+from surgery.lm import shapes as lm_load
 from surgery.loading import parse_dtype
 from tests.lm_fixtures import make_tokenizer, saved_model
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import surgery
-from surgery import lm_scan
+from surgery.lm import scan as lm_scan
 from tests.conftest import build
 
 

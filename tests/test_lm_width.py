@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 import surgery
-from surgery import lm_width
+from surgery.lm import width as lm_width
 
 
 def random_gpt2(d: int, vocab: int = 3000, seed: int = 0):

@@ -26,15 +26,11 @@ def test_checkpoint_saved_and_loaded_by_path(tmp_path, kind, cls):
 
 
 def test_dt_checkpoint_with_metadata_file(tmp_path):
-    from surgery.zoo.metadata import DTMetadata
+    from surgery.behaviour.metadata import DTMetadata
 
     model = build("dt")
     model.save_pretrained(tmp_path)
     DTMetadata(env_id="Hopper-v5", state_dim=5, act_dim=3, max_ep_len=40, action_names=["x", "y", "z"]).save(tmp_path)
-    try:
-        from surgery.zoo import load_checkpoint  # noqa: F401  (the zoo's checked loader)
-    except ImportError:
-        pytest.skip("the zoo loader is not built yet")
     a = surgery.load(tmp_path)
     assert a.metadata.env_id == "Hopper-v5"
     assert list(a.embedding_sets()["action_out"].labels) == ["x", "y", "z"]

@@ -6,9 +6,8 @@ import pytest
 import torch
 
 import surgery
-from surgery.localisation import locate
+from surgery.analysis.localisation import locate
 from tests.conftest import build
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import surgery
-import surgery.decomposition as dec
-from surgery import lowrank
+import surgery.core.decomposition as dec
+from surgery.core import lowrank
 from tests.conftest import build
 
 

@@ -57,7 +57,7 @@ def test_the_notebook_code_runs_on_a_hopper_shaped_checkpoint(tmp_path):
     """Until the zoo ships hopper: the same cells on an untrained Hopper-shaped model (it falls at once: fast)."""
     if _shipped():
         pytest.skip("the shipped hopper is executed by the test above")
-    from surgery.hf_loop import untrained_dt
+    from surgery.behaviour.hf_loop import untrained_dt
 
     model, md = untrained_dt("Hopper-v5")
     model.save_pretrained(tmp_path)

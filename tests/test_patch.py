@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import surgery
-import surgery.patching as patching
+import surgery.core.patching as patching
 from surgery import Edit, Patch, patch
 from tests.conftest import assert_bitwise_equal, build, example_inputs, outputs, snapshot
 from tests.reference import reference_matrix
@@ -337,7 +337,7 @@ def _concrete(spec: dict, d_mlp: int) -> dict:
     elif op == "keep_top":
         spec["value"] = spec["idx"]
     elif op == "replace":
-        side = side or surgery.decomposition.DEFAULT_SIDE[weight]
+        side = side or surgery.core.decomposition.DEFAULT_SIDE[weight]
         dim = d_mlp if (weight, side) in (("K", "out"), ("V", "in")) else 24
         spec["value"] = torch.linspace(-1, 1, dim) * spec["value"]
     return spec

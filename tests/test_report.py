@@ -11,11 +11,10 @@ import re
 import pytest
 import torch
 
-from surgery.localisation import locate
-from surgery.report import build_report, summary_text
-from surgery.report import figures as F
+from surgery.analysis.localisation import locate
+from surgery.analysis.report import build_report, summary_text
+from surgery.analysis.report import figures as F
 from tests.conftest import build
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from surgery.evaluation import EpisodeRecord, evaluate
-from surgery.hf_loop import untrained_dt
-from surgery.results_store import RESULTS_FILE, ResultsStore, fingerprint
+from surgery.behaviour.evaluation import EpisodeRecord, evaluate
+from surgery.behaviour.hf_loop import untrained_dt
+from surgery.behaviour.results_store import RESULTS_FILE, ResultsStore, fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -133,8 +133,8 @@ def _spec_of(directory: Path) -> dict:
 
 CHILD = textwrap.dedent("""
     import sys
-    from surgery.evaluation import evaluate
-    from surgery.hf_loop import untrained_dt
+    from surgery.behaviour.evaluation import evaluate
+    from surgery.behaviour.hf_loop import untrained_dt
     model, md = untrained_dt("HalfCheetah-v5")
     evaluate(model, episodes={episodes}, seed=5, metadata=md, progress=False, max_steps=30, batch_size=1,
              out=sys.argv[1])
@@ -193,6 +193,6 @@ def test_asking_for_more_or_fewer_episodes_reuses_the_stored_ones(tmp_path):
 
 def test_record_fields_are_storable():
     # Every EpisodeRecord field maps to an SQLite column (guards against adding an unstorable field).
-    from surgery.results_store import _columns
+    from surgery.behaviour.results_store import _columns
 
     assert [c[0] for c in _columns(EpisodeRecord)] == [f.name for f in dataclasses.fields(EpisodeRecord)]

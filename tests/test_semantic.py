@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import surgery
-from surgery import semantic
+from surgery.lm import semantic
 
 
 def clustered_embeddings(vocab=3000, d=64, members=12, spread=0.6, seed=0):

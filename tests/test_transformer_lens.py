@@ -11,8 +11,7 @@ pytest.importorskip("transformer_lens")
 import adapters.transformer_lens as tl_adapter  # noqa: E402  (registers the adapter until adapters/__init__ does)
 import surgery  # noqa: E402
 from tests.conftest import assert_bitwise_equal, snapshot  # noqa: E402
-from tests.lm_fixtures import (bridge_of, has_hooked_transformer, hooked_of, make_tokenizer,  # noqa: E402
-                               saved_model, token_batch)
+from tests.lm_fixtures import bridge_of, has_hooked_transformer, hooked_of, make_tokenizer, saved_model, token_batch  # noqa: E402
 from tests.reference import reference_weights  # noqa: E402
 
 FLAVOURS = [("bridge", "gpt2"), ("bridge", "gptj")] + [

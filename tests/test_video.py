@@ -5,10 +5,10 @@ import imageio.v2 as iio
 import numpy as np
 import pytest
 
-from surgery import video
-from surgery.hf_loop import untrained_dt
+from surgery.behaviour.hf_loop import untrained_dt
+from surgery.core.patching import Patch
+from surgery.experiments import video
 from surgery.loading import load
-from surgery.patching import Patch
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,10 @@ import torch
 pytest.importorskip("gymnasium")
 
 from surgery import zoo  # noqa: E402
+from surgery.behaviour.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from surgery.behaviour.metadata import DTMetadata  # noqa: E402
 from surgery.cli import main  # noqa: E402
 from surgery.zoo import datasets  # noqa: E402
-from surgery.zoo.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from surgery.zoo.metadata import DTMetadata  # noqa: E402
 from surgery.zoo.policies import GaussianNoise, LinearPolicy, LunarHeuristic  # noqa: E402
 from surgery.zoo.rollout import play  # noqa: E402
 from surgery.zoo.train import TrainConfig, make_model, train  # noqa: E402
@@ -36,7 +36,7 @@ def test_resolve_unknown_name_lists_valid_ones():
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_checkpoint_loads_and_acts(name):
-    model, meta = zoo.load_checkpoint(zoo.resolve(name))
+    model, meta = load_checkpoint(zoo.resolve(name))
     assert not model.training
     assert (model.config.hidden_size, model.config.n_layer, model.config.n_head) == (128, 3, 1)
     assert (meta.state_dim, meta.act_dim) == (model.config.state_dim, model.config.act_dim)
@@ -53,7 +53,7 @@ def test_shipped_checkpoint_loads_and_acts(name):
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_checkpoint_plays_as_recorded(name):
     """20 of the card's 100 evaluation episodes, replayed: the same seeds give about the same returns."""
-    model, meta = zoo.load_checkpoint(zoo.resolve(name))
+    model, meta = load_checkpoint(zoo.resolve(name))
     res = play(model, meta, episodes=20, seed=0, progress=False)
     recorded = np.array(meta.evaluation["returns"][:20])
     # Lockstep batches of another size round differently and MuJoCo amplifies it, so compare

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from surgery.errors import SurgeryError
+
 
 @dataclass(frozen=True)
 class Correlation:
@@ -38,7 +40,7 @@ def spearman(x, y, confidence: float = 0.95, method: str = "fisher-z", n_resampl
     """
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if x.shape != y.shape or x.ndim != 1:
-        raise ValueError(f"x and y must be 1-d and equally long, got {x.shape} and {y.shape}")
+        raise SurgeryError(f"x and y must be 1-d and equally long, got {x.shape} and {y.shape}")
     n = x.size
     nan = Correlation(float("nan"), float("nan"), float("nan"), float("nan"), n, method, confidence)
     if n < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
@@ -65,7 +67,7 @@ def spearman(x, y, confidence: float = 0.95, method: str = "fisher-z", n_resampl
         tail = 50 * (1 - confidence)
         low, high = np.nanpercentile(res.bootstrap_distribution, [tail, 100 - tail])
     else:
-        raise ValueError(f"method={method!r} is not known; valid: 'fisher-z', 'bootstrap'")
+        raise SurgeryError(f"method={method!r} is not known; valid: 'fisher-z', 'bootstrap'")
     return Correlation(rho, float(low), float(high), p, n, method, confidence)
 
 

@@ -7,11 +7,18 @@ from pathlib import Path
 import torch
 
 from surgery import stats
-from surgery.evaluation import EvalResult, evaluate_pair
+from surgery.behaviour.evaluation import EvalResult, evaluate_pair
+from surgery.core.patching import Patch, as_edit, validate_edit
 from surgery.experiments import edits as edit_specs
-from surgery.experiments.output import (adapter_with_metadata, fmt, fmt_p, model_identity, save_figure, to_json,
-                                        write_atomic)
-from surgery.patching import Patch, as_edit, validate_edit
+from surgery.experiments.output import (
+    adapter_with_metadata,
+    fmt,
+    fmt_p,
+    model_identity,
+    save_figure,
+    to_json,
+    write_atomic,
+)
 
 REPORT_JSON, REPORT_MD = "report.json", "report.md"
 RETURNS_PNG, SURVIVAL_PNG = "returns.png", "survival.png"
@@ -168,14 +175,14 @@ def edit_eval(model, edit, *, episodes: int = 200, seed: int = 0, target_return:
 
 def write_outputs(result: EditEvaluation, out: Path, video_adapter=None, video_kwargs: dict | None = None) -> None:
     """Figures, optional video, then report.json and report.md (each written atomically)."""
-    from surgery import behaviour_figures as figs
+    from surgery.experiments import figures as figs
 
     runs = {"baseline": result.baseline, "edited": result.edited}
     result.files["returns"] = save_figure(figs.return_distributions(runs, paired=True, title=result.label),
                                           out / RETURNS_PNG)
     result.files["survival"] = save_figure(figs.survival_curves(runs, title=result.label), out / SURVIVAL_PNG)
     if video_adapter is not None:
-        from surgery import video
+        from surgery.experiments import video
 
         s = result.settings
         result.files.update(video.edit_video(

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from surgery.patching import Edit
+from surgery.core.patching import Edit
 
 SIDE_WORDS = {"in": "read side", "out": "write side"}
 

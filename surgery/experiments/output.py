@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from surgery.errors import SurgeryError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -91,14 +93,14 @@ def adapter_with_metadata(model, source=None):
     elif not hasattr(model, "metadata"):
         model = load(model)
     if getattr(model, "metadata", None) is None:
-        raise ValueError("the model has no decision-transformer metadata (env_id, state mean/std, return scale, "
+        raise SurgeryError("the model has no decision-transformer metadata (env_id, state mean/std, return scale, "
                          "context length): load it with surgery.load(..., metadata=...)")
     return model, source
 
 
 def model_identity(adapter, source) -> dict:
     """What a report needs to say which model produced its numbers."""
-    from surgery.evaluation import weights_sha256
+    from surgery.behaviour.evaluation import weights_sha256
 
     md = adapter.metadata
     name = source if isinstance(source, (str, os.PathLike)) else type(adapter.model).__name__

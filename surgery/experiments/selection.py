@@ -12,8 +12,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from surgery.decomposition import decompose
-from surgery.patching import Edit
+from surgery.core.decomposition import decompose
+from surgery.core.patching import Edit
+from surgery.errors import SurgeryError
 
 GROUPS = ("aligned", "control_same", "control_other")
 """aligned: ranked most aligned by surgery.locate. control_same: same block, weight (and head,
@@ -69,14 +70,14 @@ def choose_targets(location, adapter, top: int = 5, controls: int | None = None,
     the less aligned).
     """
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
-        raise ValueError(f"top={top!r} must be a positive integer")
+        raise SurgeryError(f"top={top!r} must be a positive integer")
     if controls is not None and (isinstance(controls, bool) or not isinstance(controls, int) or controls < 0):
-        raise ValueError(f"controls={controls!r} must be a non-negative integer")
+        raise SurgeryError(f"controls={controls!r} must be a non-negative integer")
     ranking = location.ranking
     if embedding is not None:
         ranking = ranking.where(embedding=embedding)
     if len(set(ranking["embedding"])) > 1:
-        raise ValueError("the location ranks several embedding sets; say which one with embedding=")
+        raise SurgeryError("the location ranks several embedding sets; say which one with embedding=")
     alpha = location.alpha
     energy = _energies(adapter)
     rows = [_target("aligned", r, alpha, energy) for r in ranking.rows()]
@@ -86,10 +87,10 @@ def choose_targets(location, adapter, top: int = 5, controls: int | None = None,
         ranked = sorted({t.weight for t in rows})
         unknown = sorted(set(weights) - set(ranked))
         if unknown or not weights:
-            raise ValueError(f"weights={list(weights)!r}: {unknown or 'none'} not ranked; valid: {', '.join(ranked)}")
+            raise SurgeryError(f"weights={list(weights)!r}: {unknown or 'none'} not ranked; valid: {', '.join(ranked)}")
         eligible = [t for t in rows if t.weight in weights]
     if len(eligible) < top:
-        raise ValueError(f"top={top} but only {len(eligible)} singular vectors were ranked")
+        raise SurgeryError(f"top={top} but only {len(eligible)} singular vectors were ranked")
     beyond_chance = sum(t.significant for t in eligible)
     aligned = eligible[:min(top, beyond_chance) or top]  # the ranking puts the significant ones first
     controls = len(aligned) if controls is None else controls
@@ -107,7 +108,7 @@ def choose_targets(location, adapter, top: int = 5, controls: int | None = None,
                 candidates = [t for t in others if t.block == a.block] or others
             candidates = [t for t in candidates if t.key() not in chosen]
             if not candidates:
-                raise ValueError(f"no unaligned vector is left to match aligned vector {j % len(aligned)} "
+                raise SurgeryError(f"no unaligned vector is left to match aligned vector {j % len(aligned)} "
                                  f"({_where(a)}) for a {group} control; ask for fewer controls")
             best = min(candidates, key=lambda t: (abs(_log(t.energy) - _log(a.energy)), t.abs_cos))
             chosen.add(best.key())

@@ -15,13 +15,14 @@ from pathlib import Path
 import torch
 
 from surgery import stats
-from surgery.evaluation import EvalResult, evaluate, weights_sha256
+from surgery.behaviour.evaluation import EvalResult, evaluate, weights_sha256
+from surgery.core.patching import Patch, validate_edit
+from surgery.errors import SurgeryError
 from surgery.experiments import edits as edit_specs
 from surgery.experiments import verdict as verdicts
 from surgery.experiments.correlation import Correlation, partial_spearman, spearman
 from surgery.experiments.output import adapter_with_metadata, model_identity, save_figure, to_json, write_atomic
 from surgery.experiments.selection import GROUPS, Target, choose_targets
-from surgery.patching import Patch, validate_edit
 
 OPS = ("constant", "zero")
 """constant: the study's edit (the vector set to value * ones, default 1/d_model). zero: the triple removed."""
@@ -136,13 +137,13 @@ def validate(model, embedding: str = "action_out", *, top: int = 5, controls: in
     from tqdm.auto import tqdm
 
     if op not in OPS:
-        raise ValueError(f"op={op!r} is not a validate edit; valid: {', '.join(map(repr, OPS))}")
+        raise SurgeryError(f"op={op!r} is not a validate edit; valid: {', '.join(map(repr, OPS))}")
     if op == "zero" and value is not None:
-        raise ValueError("op='zero' takes no value")
+        raise SurgeryError("op='zero' takes no value")
     if correction not in ("holm", "bh"):
-        raise ValueError(f"correction={correction!r} is not known; valid: 'holm', 'bh'")
+        raise SurgeryError(f"correction={correction!r} is not known; valid: 'holm', 'bh'")
     if not 0 < alpha < 1:
-        raise ValueError(f"alpha={alpha!r} must be between 0 and 1")
+        raise SurgeryError(f"alpha={alpha!r} must be between 0 and 1")
     adapter, source = adapter_with_metadata(model, source)
     out = None if out is None else Path(out)
     settings = {
@@ -212,14 +213,14 @@ def _plan(adapter, settings: dict, out: Path | None) -> list[Target]:
             differ = sorted(k for k in set(keys) | set(saved["settings"]) if keys.get(k) != saved["settings"].get(k))
             targets = [Target(**t) for t in saved["targets"]]
         except (ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"{path} is not a validate plan ({e}); choose another output directory") from None
+            raise SurgeryError(f"{path} is not a validate plan ({e}); choose another output directory") from None
         if not same_model:
-            raise ValueError(f"{path} was made for a model with other weights; choose another output directory")
+            raise SurgeryError(f"{path} was made for a model with other weights; choose another output directory")
         if differ:
             was = ", ".join(f"{k}={saved['settings'].get(k)!r} (now {keys.get(k)!r})" for k in differ)
-            raise ValueError(f"{path} was made with other settings: {was}; choose another output directory")
+            raise SurgeryError(f"{path} was made with other settings: {was}; choose another output directory")
         return targets
-    from surgery.localisation import locate
+    from surgery.analysis.localisation import locate
 
     location = locate(adapter, embedding=settings["embedding"], alpha=settings["alpha"])
     targets = choose_targets(location, adapter, settings["top"], settings["controls"], settings["embedding"],
@@ -232,7 +233,7 @@ def _plan(adapter, settings: dict, out: Path | None) -> list[Target]:
 
 def write_outputs(v: Validation, out: Path) -> None:
     """Figures, then validate.json and validate.md (each written atomically)."""
-    from surgery import behaviour_figures as figs
+    from surgery.experiments import figures as figs
 
     points = [{"abs_cos": o.target.abs_cos, "damage": o.damage.value, "low": o.damage.low, "high": o.damage.high,
                "group": o.target.group, "name": o.name} for o in v.outcomes]

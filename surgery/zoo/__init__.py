@@ -1,11 +1,12 @@
-"""The model zoo: decision transformers built here (experts, data, training) and shipped with the package."""
+"""The model zoo: decision transformers built here (experts, data, training) and shipped with the package.
+
+Load a shipped model with `surgery.load("hopper")`; this package only builds them and says where they are.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
-from surgery.zoo.metadata import DTMetadata
-
-__all__ = ["names", "resolve", "load_checkpoint", "DTMetadata"]
+__all__ = ["names", "resolve", "MODELS_DIR"]
 
 MODELS_DIR = Path(__file__).parent / "models"
 
@@ -18,14 +19,9 @@ def names() -> list[str]:
 
 
 def resolve(name: str) -> Path:
-    """Directory of a shipped model; unknown names raise ValueError listing the valid ones."""
+    """Directory of a shipped model; unknown names raise SurgeryError listing the valid ones."""
+    from surgery.errors import SurgeryError
+
     if name in names():
         return MODELS_DIR / name
-    raise ValueError(f"unknown zoo model {name!r}; valid names: {', '.join(names()) or '(none shipped)'}")
-
-
-def load_checkpoint(path, metadata=None):
-    """Load a HF decision-transformer checkpoint directory: (model in eval mode, DTMetadata). See checkpoint.py."""
-    from surgery.zoo.checkpoint import load_checkpoint as _load  # torch/transformers only when needed
-
-    return _load(path, metadata)
+    raise SurgeryError(f"unknown zoo model {name!r}; valid names: {', '.join(names()) or '(none shipped)'}")

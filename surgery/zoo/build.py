@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from surgery.envs import env_info
+from surgery.behaviour.envs import env_info
+from surgery.behaviour.metadata import DTMetadata
+from surgery.errors import SurgeryError
 from surgery.zoo import cards, datasets
-from surgery.zoo.metadata import DTMetadata
 from surgery.zoo.specs import ZooSpec, spec
 
 LEVELS = ("expert", "medium", "mixed")
@@ -59,13 +60,13 @@ def build(name: str, opts: BuildOptions, log=print) -> Path:
     root = Path(opts.out) / s.name
     stages = (("expert", stage_expert), ("data", stage_data), ("train", stage_train), ("model", stage_model))
     if opts.stop_after not in (None, *STAGES):
-        raise ValueError(f"unknown stage {opts.stop_after!r}; valid stages: {', '.join(STAGES)}")
+        raise SurgeryError(f"unknown stage {opts.stop_after!r}; valid stages: {', '.join(STAGES)}")
     for stage, fn in stages:
         marker, record = root / f".{stage}.done", _stage_options(stage, opts)
         if marker.is_file():
             earlier = json.loads(marker.read_text())
             if earlier != record:
-                raise ValueError(
+                raise SurgeryError(
                     f"{root} holds a {stage} stage built with {earlier}, not {record}; "
                     f"use another --out, or delete {marker} (and the later stages' markers) to rebuild")
             log(f"[{s.name}] {stage}: done earlier, skipped ({root / stage})")
@@ -149,7 +150,7 @@ def _train_config(s: ZooSpec, opts: BuildOptions):
 
 
 def stage_train(s: ZooSpec, root: Path, opts: BuildOptions) -> None:
-    from surgery.zoo.checkpoint import save_checkpoint
+    from surgery.behaviour.checkpoint import save_checkpoint
     from surgery.zoo.train import train
 
     info = env_info(s.env_id)
@@ -181,7 +182,7 @@ def stage_train(s: ZooSpec, root: Path, opts: BuildOptions) -> None:
 def stage_model(s: ZooSpec, root: Path, opts: BuildOptions) -> None:
     import torch
 
-    from surgery.zoo.checkpoint import load_checkpoint, save_checkpoint
+    from surgery.behaviour.checkpoint import load_checkpoint, save_checkpoint
     from surgery.zoo.rollout import play
 
     torch.set_num_threads(opts.threads)

@@ -1,7 +1,7 @@
 """Markdown cards: the dataset card and the model card (README.md shipped with each checkpoint)."""
 from __future__ import annotations
 
-from surgery.zoo.metadata import DTMetadata
+from surgery.behaviour.metadata import DTMetadata
 
 
 def dataset_card_md(name: str, card: dict) -> str:
@@ -35,7 +35,7 @@ def model_card(spec, meta: DTMetadata, data_card: dict, expert: dict, train: dic
         f"A Hugging Face `DecisionTransformerModel` (hidden {cfg['hidden_size']}, {cfg['n_layer']} layers, "
         f"{cfg['n_head']} head, MLP {cfg['n_inner']} {cfg['activation']}, context {meta.context_len}, "
         f"max episode length {meta.max_ep_len}; {'one-hot actions in, logits out' if meta.discrete else 'tanh actions'}) "
-        "trained here from scratch on data generated here. Load it with `surgery.zoo.load_checkpoint` "
+        f"trained here from scratch on data generated here. Load it with `surgery.load(\"{spec.name}\")` "
         "(safetensors; no pickle).",
         "",
         "## How well it plays",

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from surgery.errors import SurgeryError
 from surgery.zoo.policies import make_env
 
 # D4RL's field names; next_observations as in d4rl.qlearning_dataset.
@@ -76,7 +77,7 @@ def _load_npz(path: Path) -> dict:
         with np.load(path, allow_pickle=False) as f:
             data = {k: f[k] for k in f.files}
     except (ValueError, OSError) as e:  # zip errors, pickled object arrays
-        raise ValueError(f"{path} is not a readable .npz of plain arrays: {e}") from None
+        raise SurgeryError(f"{path} is not a readable .npz of plain arrays: {e}") from None
     return validate(data, str(path))
 
 
@@ -85,7 +86,7 @@ def load_minari(dataset_id: str) -> dict:
     try:
         import minari
     except ImportError:
-        raise ValueError(f"{dataset_id!r} looks like a Minari dataset id, but minari is not installed (pip install minari)") from None
+        raise SurgeryError(f"{dataset_id!r} looks like a Minari dataset id, but minari is not installed (pip install minari)") from None
     try:
         ds = minari.load_dataset(dataset_id, download=False)
     except Exception as e:  # minari raises its own FileNotFoundError/ValueError variants by version
@@ -95,7 +96,7 @@ def load_minari(dataset_id: str) -> dict:
     for ep in ds.iterate_episodes():
         obs = np.asarray(ep.observations)
         if obs.dtype == object or obs.ndim != 2:
-            raise ValueError(f"Minari dataset {dataset_id!r} has non-flat observations {obs.shape}; only Box observations are supported")
+            raise SurgeryError(f"Minari dataset {dataset_id!r} has non-flat observations {obs.shape}; only Box observations are supported")
         term, trunc = np.asarray(ep.terminations, bool), np.asarray(ep.truncations, bool)
         # Minari stores T+1 observations per episode (the last one after the final step).
         for k, v in zip(FIELDS, (obs[:-1], np.asarray(ep.actions), np.asarray(ep.rewards), term, trunc & ~term, obs[1:])):
@@ -112,13 +113,13 @@ def validate(data: dict, where: str) -> dict:
     required = ("observations", "actions", "rewards", "terminals", "timeouts")
     missing = [k for k in required if k not in data]
     if missing:
-        raise ValueError(f"dataset {where} lacks fields {missing}; D4RL fields are {list(required)}")
+        raise SurgeryError(f"dataset {where} lacks fields {missing}; D4RL fields are {list(required)}")
     n = len(data["observations"])
     bad = {k: len(data[k]) for k in data if len(data[k]) != n}
     if bad:
-        raise ValueError(f"dataset {where}: fields have different lengths from observations ({n}): {bad}")
+        raise SurgeryError(f"dataset {where}: fields have different lengths from observations ({n}): {bad}")
     if data["observations"].ndim != 2:
-        raise ValueError(f"dataset {where}: observations must be [steps, state_dim], got shape {data['observations'].shape}")
+        raise SurgeryError(f"dataset {where}: observations must be [steps, state_dim], got shape {data['observations'].shape}")
     return data
 
 

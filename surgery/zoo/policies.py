@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from surgery.errors import SurgeryError
+
 
 def make_env(env_id: str):
     """A gymnasium environment without the passive checker (it costs time on every step)."""
@@ -39,7 +41,7 @@ class LinearPolicy:
         with np.load(path, allow_pickle=False) as f:
             missing = {"M", "mean", "std"} - set(f.files)
             if missing:
-                raise ValueError(f"{path} is not a linear policy: missing arrays {sorted(missing)}")
+                raise SurgeryError(f"{path} is not a linear policy: missing arrays {sorted(missing)}")
             return cls(f["M"], f["mean"], f["std"])
 
 

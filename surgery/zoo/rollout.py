@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from surgery.envs import env_info
-from surgery.zoo.metadata import DTMetadata
+from surgery.behaviour.envs import env_info
+from surgery.behaviour.metadata import DTMetadata
 
 
 def play(model, meta: DTMetadata, episodes: int, seed: int, target_return: float | None = None,
          max_steps: int | None = None, progress: bool = True) -> dict:
     """Play `episodes` episodes with surgery.evaluate (run seed `seed`); return the card's summary dict."""
-    from surgery.evaluation import evaluate
+    from surgery.behaviour.evaluation import evaluate
 
     result = evaluate(model, episodes=episodes, seed=seed, target_return=target_return, metadata=meta,
                       max_steps=max_steps, progress=progress)

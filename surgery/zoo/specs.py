@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from surgery.errors import SurgeryError
+
 
 @dataclass(frozen=True)
 class ZooSpec:
@@ -71,4 +73,4 @@ def spec(name_or_env: str) -> ZooSpec:
         if key in (s.name, s.env_id.lower()):
             return s
     valid = ", ".join(f"{s.name} ({s.env_id})" for s in SPECS.values())
-    raise ValueError(f"unknown zoo environment {name_or_env!r}; valid: {valid}")
+    raise SurgeryError(f"unknown zoo environment {name_or_env!r}; valid: {valid}")

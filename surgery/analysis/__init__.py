@@ -1,0 +1,1 @@
+"""Analysis: singular vectors against embeddings, chance laws, localisation, tidy tables and reports."""

@@ -1,0 +1,409 @@
+"""`surgery.alignment`: cosines of every residual-facing singular vector with every embedding set, with chance.
+
+One matrix product per (weight, side, embedding set), over all blocks and heads at once. Each
+singular vector keeps its k most positive and k most negative labels (the sign of a triple is a
+convention, so both ends matter), and is scored by its best |cos| against what random
+directions reach against the same set (`surgery.analysis.chance`), corrected for how many vectors
+were searched.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from adapters import WEIGHTS, Adapter, wrap
+from surgery.analysis.chance import CORRECTIONS, Null, correct, null_for
+from surgery.analysis.cosines import SearchSet, unit_rows
+from surgery.analysis.tables import Table
+from surgery.core.decomposition import RESIDUAL_SIDES, decompose
+from surgery.errors import SurgeryError
+
+FAMILIES = ("set", "all")
+"""set: correct within each embedding set (the question "where is this embedding?"); all: over every set at once."""
+
+
+@dataclass
+class Group:
+    """Singular vectors of one (weight, side) gathered over blocks and heads: one matrix product per set."""
+
+    weight: str
+    side: str
+    directions: torch.Tensor  # [N, d] unit rows
+    block: np.ndarray
+    head: np.ndarray  # -1 for K and V
+    idx: np.ndarray
+    sv: np.ndarray
+    location: np.ndarray  # index into the group's locations
+    rank: int  # triples the weight has
+    locations: list  # (block, head) per location
+    triples: list  # per location: (all residual vectors [r, d], S [r]) for the selectivity
+
+
+@dataclass
+class Alignment:
+    """What `alignment` found: tidy records, one row per vector, one row per weight; the nulls used."""
+
+    records: Table
+    """Per (embedding, block, weight, head, side, idx, tail, rank): the label, cos, p, p_adj, z."""
+    vectors: Table
+    """Per (embedding, singular vector): its best label by |cos| and how far that is beyond chance."""
+    weights: Table
+    """Per (embedding, block, weight, head, side): how many vectors beat chance, the best one, the selectivity."""
+    nulls: dict = field(default_factory=dict)
+    """Embedding set -> the `chance.Null` of its max |cos|."""
+    family_size: dict = field(default_factory=dict)
+    """Embedding set -> number of comparisons its p-values were corrected for."""
+    settings: dict = field(default_factory=dict)
+    adapter: Adapter | None = None
+
+    def to_csv(self, path=None) -> str:
+        """The tidy records as CSV text (also written to path if given)."""
+        return self.records.to_csv(path)
+
+    def to_json(self, path=None) -> str:
+        """The tidy records as a JSON list of objects (also written to path if given)."""
+        return self.records.to_json(path)
+
+    def to_pandas(self):
+        """The tidy records as a pandas DataFrame."""
+        return self.records.to_pandas()
+
+    def threshold(self, embedding: str, alpha: float | None = None) -> float:
+        """|cos| the strongest vector must reach with `embedding` to beat chance at alpha, after the correction."""
+        alpha = self.settings["alpha"] if alpha is None else alpha
+        m = 1 if self.settings["correction"] == "none" else max(self.family_size[embedding], 1)
+        return self.nulls[embedding].threshold(alpha / m)
+
+    def __repr__(self) -> str:
+        s = self.settings
+        return (f"Alignment({len(self.vectors)} vector-set pairs, {len(self.records)} records; "
+                f"embeddings={s['embeddings']}, weights={s['weights']}, top={s['top']})")
+
+
+def alignment(model, embeddings: str | Sequence[str] | None = None, weights: str | Sequence[str] = WEIGHTS,
+              blocks: int | Sequence[int] | None = None, heads: int | Sequence[int] | None = None,
+              vectors: int | Sequence[int] | slice | None = None, top: int = 10, fold_ln: bool = False,
+              sides: str | None = None, dtype: torch.dtype | None = None, method: str | None = None,
+              draws: int | None = None, seed: int = 0, correction: str = "holm", family: str = "set",
+              alpha: float = 0.05, progress: bool | None = None) -> Alignment:
+    """Cosines of singular vectors with unit-normalised embeddings, scored against chance.
+
+    embeddings: set names (default all the model has). weights: any of "K", "V", "OV", "QK".
+    blocks, heads: default all. vectors: the first N triples of each weight (int), explicit
+    indices, or a slice (default all). top: k labels kept at each end. sides: "in" or "out" to
+    keep only that residual-facing side (default both where both face the residual stream).
+    dtype: of the SVD and the cosines (default float64 for DT-sized problems, d_model <= 256 and at
+    most 20,000 labels; float32 otherwise).
+    method: passed to `surgery.decompose` where it accepts one. draws, seed: Monte Carlo null.
+    correction: one of CORRECTIONS, applied per embedding set (family="set") or over all.
+    """
+    adapter = wrap(model)
+    sets = adapter.embedding_sets()
+    names = _check_embeddings(embeddings, sets)
+    weights = _check_weights(weights)
+    blocks = _check_indices(blocks, adapter.n_blocks, "block", "blocks")
+    heads = _check_indices(heads, adapter.n_heads, "head", "heads")
+    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+        raise SurgeryError(f"top={top!r} must be a positive integer (labels kept at each end)")
+    if correction not in CORRECTIONS:
+        raise SurgeryError(f"correction={correction!r} is not known; valid: {', '.join(map(repr, CORRECTIONS))}")
+    if family not in FAMILIES:
+        raise SurgeryError(f"family={family!r} is not known; valid: {', '.join(map(repr, FAMILIES))}")
+    if not 0 < alpha < 1:
+        raise SurgeryError(f"alpha={alpha!r} must be between 0 and 1")
+    plan = _plan(adapter, weights, sides)
+    _check_vectors(vectors, adapter, [w for w, _ in plan])
+    small = _small(adapter, [sets[n] for n in names])
+    dtype = dtype or (torch.float64 if small else torch.float32)
+    with _one_thread(small):
+        groups = [_gather(adapter, w, side, blocks, heads, vectors, fold_ln, dtype, method) for w, side in plan]
+        nulls, per_set = {}, {}
+        for name in names:
+            nulls[name] = null_for(sets[name].vectors, draws=draws, seed=seed, progress=bool(progress))
+            per_set[name] = _score_set(adapter, sets[name], groups, top, nulls[name], dtype, progress)
+        family_size = _correct(per_set, correction, family)
+        tables = [[], [], []]
+        for name in names:
+            labels = sets[name].labels
+            for g, sc in zip(groups, per_set[name]):
+                tables[0].append(_records(name, g, sc, labels, nulls[name], family_size[name], correction))
+                tables[1].append(_vector_table(name, g, sc, labels))
+                tables[2].append(_weight_table(name, g, sc, labels, alpha))
+    settings = dict(embeddings=names, weights=list(weights), blocks=blocks, heads=heads, vectors=vectors, top=top,
+                    fold_ln=fold_ln, sides=sides, dtype=str(dtype).replace("torch.", ""), method=method,
+                    draws={n: int(nulls[n].samples.size) for n in names}, seed=seed, correction=correction,
+                    family=family, alpha=alpha)
+    return Alignment(*(Table.concat(t) for t in tables), nulls, family_size, settings, adapter)
+
+
+def _small(adapter, sets) -> bool:
+    """A DT-sized problem: narrow model, a few thousand labels at most."""
+    return adapter.d_model <= 256 and sum(s.vectors.shape[0] for s in sets) <= 20_000
+
+
+@contextmanager
+def _one_thread(small: bool):
+    """Run small problems on one thread: for a DT's 128-wide matrices, waking a second BLAS thread costs
+    more than it saves, and on a busy machine a contended thread pool makes each call ~100x slower."""
+    before = torch.get_num_threads()
+    if small and before > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
+# ---- validation ------------------------------------------------------------------------------------
+def _check_embeddings(embeddings, sets) -> list[str]:
+    names = list(sets) if embeddings is None else [embeddings] if isinstance(embeddings, str) else list(embeddings)
+    unknown = [n for n in names if n not in sets]
+    if unknown or not names:
+        raise SurgeryError(f"unknown embedding set(s) {unknown or names}; this model has: {', '.join(sets)}")
+    return list(dict.fromkeys(names))
+
+
+def _check_weights(weights) -> list[str]:
+    weights = [weights] if isinstance(weights, str) else list(weights)
+    bad = [w for w in weights if w not in WEIGHTS]
+    if bad or not weights:
+        raise SurgeryError(f"unknown weight(s) {bad or weights}; valid: {', '.join(map(repr, WEIGHTS))}")
+    return list(dict.fromkeys(weights))
+
+
+def _check_indices(values, n: int, what: str, plural: str) -> list[int]:
+    if values is None:
+        return list(range(n))
+    values = [values] if isinstance(values, int) else list(values)
+    bad = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 0 <= v < n]
+    if bad or not values:
+        raise SurgeryError(f"{what} {bad or values} out of range: this model has {n} {plural} (valid: 0..{n - 1})")
+    return sorted(set(int(v) for v in values))
+
+
+def _plan(adapter, weights, sides) -> list[tuple[str, str]]:
+    if sides not in (None, "in", "out"):
+        raise SurgeryError(f"sides={sides!r} is not valid; valid: None (every residual-facing side), 'in' or 'out'")
+    plan = [(w, s) for w in weights for s in RESIDUAL_SIDES[w] if sides in (None, s)]
+    if not plan:
+        faces = "; ".join(f"{w}: {', '.join(RESIDUAL_SIDES[w])}" for w in weights)
+        raise SurgeryError(f"no residual-facing side {sides!r} among weights {weights} ({faces}): "
+                         "only residual-facing sides can be compared with d_model embeddings")
+    return plan
+
+
+def _check_vectors(vectors, adapter, weights) -> None:
+    if vectors is None or isinstance(vectors, slice):
+        return
+    if isinstance(vectors, (int, np.integer)) and not isinstance(vectors, bool):
+        if vectors < 1:
+            raise SurgeryError(f"vectors={vectors!r} must be a positive number of leading triples")
+        return
+    idx = list(vectors)
+    r = min(adapter.rank(w) for w in weights)
+    bad = [i for i in idx if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= i < r]
+    if bad or not idx:
+        ranks = ", ".join(f"{w}: {adapter.rank(w)}" for w in weights)
+        raise SurgeryError(f"vector index {bad or idx} out of range; triples per weight: {ranks} (valid: 0..{r - 1})")
+
+
+def _select(vectors, r: int) -> np.ndarray:
+    if vectors is None:
+        return np.arange(r)
+    if isinstance(vectors, slice):
+        return np.arange(r)[vectors]
+    if isinstance(vectors, (int, np.integer)):
+        return np.arange(min(int(vectors), r))
+    return np.asarray(sorted(set(int(i) for i in vectors)))
+
+
+# ---- the singular vectors ------------------------------------------------------------------------
+def _gather(adapter, weight, side, blocks, heads, vectors, fold_ln, dtype, method) -> Group:
+    """Every selected singular vector of one (weight, side) as rows of one matrix, with where it came from."""
+    per_head = weight in ("OV", "QK")
+    rows, cols, locations, triples = [], [], [], []
+    kwargs = {} if method is None else {"method": method}
+    if method not in (None, "exact") and isinstance(vectors, (int, np.integer)) and not isinstance(vectors, bool):
+        kwargs["k"] = min(int(vectors), adapter.rank(weight))  # fast routes compute only the leading triples
+    for b in blocks:
+        svd = decompose(adapter, b, weight, fold_ln=fold_ln, dtype=dtype, **kwargs)
+        vec = svd.vectors(side)  # [d, r], or [H, d, r] for OV and QK
+        for h in (heads if per_head else [-1]):
+            V = (vec[h] if per_head else vec).to(dtype)
+            S = (svd.S[h] if per_head else svd.S).to(dtype)
+            pick = _select(vectors, S.shape[0])
+            full = lambda v: np.full(pick.size, v)  # noqa: E731
+            cols.append((full(b), full(h), pick, full(len(locations)), S[pick].double().numpy()))
+            locations.append((b, h))
+            triples.append((V.T, S))
+            rows.append(V[:, pick].T)
+    block, head, idx, location, sv = (np.concatenate(c) for c in zip(*cols))
+    # Singular vectors are unit already; renormalising guards against drift in float32 products.
+    D = unit_rows(torch.cat(rows), dtype)
+    return Group(weight, side, D, block, head, idx, sv, location, adapter.rank(weight), locations, triples)
+
+
+# ---- scoring -----------------------------------------------------------------------------------------
+@dataclass
+class _Scored:
+    ext: object  # cosines.Extremes
+    best_cos: np.ndarray
+    best_label: np.ndarray
+    p: np.ndarray
+    z: np.ndarray
+    selectivity: np.ndarray  # per location
+    selectivity_z: np.ndarray
+    p_adj: np.ndarray | None = None
+
+
+def _score_set(adapter, es, groups, top: int, null: Null, dtype, progress) -> list[_Scored]:
+    """Every group's singular vectors against one embedding set."""
+    if es.vectors.shape[-1] != adapter.d_model:
+        raise SurgeryError(f"embedding set {es.name!r} has vectors of length {es.vectors.shape[-1]}, "
+                         f"not d_model={adapter.d_model}")
+    E = unit_rows(es.vectors, dtype)
+    gram = (E.T @ E).double()  # sum_j e_j e_j^T, for the selectivity (in the analysis dtype: a 50k-row product)
+    search = SearchSet(E)  # prepared once for all groups
+    return [_score(g, search, gram, top, null, progress) for g in groups]
+
+
+def _score(g: Group, search: SearchSet, gram: torch.Tensor, top: int, null: Null, progress) -> _Scored:
+    ext = search.extremes(g.directions, top, progress=progress, desc=f"{g.weight} {g.side}")
+    pos = ext.top[:, 0] >= -ext.bottom[:, 0]
+    best_cos = torch.where(pos, ext.top[:, 0], ext.bottom[:, 0]).double().numpy()
+    best_label = torch.where(pos, ext.top_idx[:, 0], ext.bottom_idx[:, 0]).numpy()
+    sel, sel_z = _selectivity(g, gram)
+    return _Scored(ext, best_cos, best_label, null.pvalue(best_cos), null.zscore(best_cos), sel, sel_z)
+
+
+def _selectivity(g: Group, gram: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Per location: how strongly the weight reads (writes) the set, relative to an average direction, and its z.
+
+    T = mean_j |e_j^T W|^2 / (|W|_F^2 / d) (write side: |W e_j|^2) = tr(G M) / n / (tr M / d) with
+    G = sum_j e_j e_j^T and M = V S^2 V^T over all the location's triples. T = 1 means no
+    preference. For the set (equivalently, the weight) turned by a uniformly random rotation R,
+    E tr(G R M R^T) = tr G tr M / d and Var = 2 (tr G^2 - (tr G)^2/d)(tr M^2 - (tr M)^2/d) / ((d-1)(d+2)),
+    which gives the z-score.
+    """
+    d = gram.shape[0]
+    V = torch.stack([v for v, _ in g.triples])  # [L, r, d]: every triple of every location, analysis dtype
+    s2 = torch.stack([s for _, s in g.triples]).double() ** 2  # [L, r]
+    if V.shape[1] < g.rank:  # a fast route computed only the leading triples: the whole weight is unknown
+        nan = np.full(V.shape[0], np.nan)
+        return nan, nan.copy()
+    q = ((V @ gram.to(V.dtype)) * V).sum(-1).double()  # float32 for wide models: a ratio needs no more
+    trM, trM2 = s2.sum(1), (s2 ** 2).sum(1)
+    trG, trG2 = torch.trace(gram), (gram * gram).sum()
+    tr_GM = (s2 * q).sum(1)
+    sel = tr_GM / trG.clamp_min(1e-300) / (trM / d)  # tr G = n, the set's (nonzero) vectors
+    var = 2 * (trG2 - trG ** 2 / d) * (trM2 - trM ** 2 / d) / ((d - 1) * (d + 2))
+    z = (tr_GM - trG * trM / d) / var.sqrt()
+    nan = torch.full_like(sel, float("nan"))
+    return (torch.where(trM > 0, sel, nan).numpy(),
+            torch.where((trM > 0) & (var > 1e-12 * (trG * trM / d) ** 2), z, nan).numpy())
+
+
+def _correct(per_set: dict, correction: str, family: str) -> dict:
+    """Fill p_adj per vector: one family per embedding set, or one over everything."""
+    if family == "set":
+        sizes = {}
+        for name, scored in per_set.items():
+            p = np.concatenate([s.p for s in scored]) if scored else np.zeros(0)
+            _split_back(scored, correct(p, correction))
+            sizes[name] = p.size
+        return sizes
+    all_scored = [s for scored in per_set.values() for s in scored]
+    p = np.concatenate([s.p for s in all_scored]) if all_scored else np.zeros(0)
+    _split_back(all_scored, correct(p, correction))
+    return {name: p.size for name in per_set}
+
+
+def _split_back(scored, adjusted) -> None:
+    start = 0
+    for s in scored:
+        s.p_adj = adjusted[start:start + s.p.size]
+        start += s.p.size
+
+
+# ---- tables ------------------------------------------------------------------------------------------
+def _label_strings(labels, index: np.ndarray) -> np.ndarray:
+    """Label strings for many indices, looking each distinct one up once (token decoding is slow)."""
+    uniq, inv = np.unique(index, return_inverse=True)
+    names = np.array([str(labels[int(i)]) for i in uniq], dtype=object)
+    return names[inv.reshape(index.shape)] if index.size else np.array([], dtype=object)
+
+
+def _records(name, g: Group, sc: _Scored, labels, null: Null, m: int, correction: str) -> Table:
+    ext = sc.ext
+    k = ext.top.shape[1]
+    n_vec = g.idx.size
+    cos = torch.cat([ext.top, ext.bottom], dim=1).double().numpy()  # [N, 2k]
+    lab = torch.cat([ext.top_idx, ext.bottom_idx], dim=1).numpy()
+    tail = np.repeat(np.array(["top", "bottom"], dtype=object), k)
+    rank = np.tile(np.arange(1, k + 1), 2)
+    p = null.pvalue(cos)
+    best = (rank == 1)[None, :] & (np.abs(cos) == np.abs(sc.best_cos)[:, None])
+    if correction == "none":
+        p_adj = p
+    else:
+        # The best label's p is the vector's, corrected as such; any other label of that vector is
+        # at least as far from significance: its own p times the family size (Bonferroni), floored there.
+        p_adj = np.maximum(sc.p_adj[:, None], np.minimum(1.0, p * m))
+        p_adj = np.where(best, sc.p_adj[:, None], p_adj)
+    rep = lambda a: np.repeat(a, 2 * k)  # noqa: E731
+    return Table({
+        "embedding": np.full(n_vec * 2 * k, name, dtype=object),
+        "block": rep(g.block), "weight": np.full(n_vec * 2 * k, g.weight, dtype=object), "head": rep(g.head),
+        "side": np.full(n_vec * 2 * k, g.side, dtype=object), "idx": rep(g.idx), "singular_value": rep(g.sv),
+        "tail": np.tile(tail, n_vec), "rank": np.tile(rank, n_vec),
+        "label": _label_strings(labels, lab.ravel()), "label_index": lab.ravel(),
+        "cos": cos.ravel(), "abs_cos": np.abs(cos).ravel(), "p": p.ravel(), "p_adj": p_adj.ravel(),
+        "z": null.zscore(cos).ravel(),
+    }, nullable=("head",))
+
+
+def _vector_table(name, g: Group, sc: _Scored, labels) -> Table:
+    n = g.idx.size
+    return Table({
+        "embedding": np.full(n, name, dtype=object), "block": g.block, "weight": np.full(n, g.weight, dtype=object),
+        "head": g.head, "side": np.full(n, g.side, dtype=object), "idx": g.idx, "singular_value": g.sv,
+        "label": _label_strings(labels, sc.best_label), "label_index": sc.best_label,
+        "cos": sc.best_cos, "abs_cos": np.abs(sc.best_cos), "p": sc.p, "p_adj": sc.p_adj, "z": sc.z,
+    }, nullable=("head",))
+
+
+def _weight_table(name, g: Group, sc: _Scored, labels, alpha: float) -> Table:
+    L = len(g.locations)
+    cols = {k: [] for k in ("block", "head", "n_vectors", "n_significant", "selectivity", "selectivity_z",
+                            "best_idx", "best_label",
+                            "best_cos", "best_p_adj", "best_z")}
+    for loc, (b, h) in enumerate(g.locations):
+        mine = np.flatnonzero(g.location == loc)
+        cols["block"].append(b)
+        cols["head"].append(h)
+        cols["n_vectors"].append(mine.size)
+        cols["n_significant"].append(int((sc.p_adj[mine] < alpha).sum()))
+        cols["selectivity"].append(sc.selectivity[loc])
+        cols["selectivity_z"].append(sc.selectivity_z[loc])
+        if mine.size:
+            j = mine[np.lexsort((-np.abs(sc.best_cos[mine]), sc.p_adj[mine]))[0]]
+            cols["best_idx"].append(int(g.idx[j]))
+            cols["best_label"].append(str(labels[int(sc.best_label[j])]))
+            cols["best_cos"].append(float(sc.best_cos[j]))
+            cols["best_p_adj"].append(float(sc.p_adj[j]))
+            cols["best_z"].append(float(sc.z[j]))
+        else:
+            for c, v in (("best_idx", -1), ("best_label", ""), ("best_cos", np.nan), ("best_p_adj", np.nan),
+                         ("best_z", np.nan)):
+                cols[c].append(v)
+    return Table({"embedding": np.full(L, name, dtype=object), "block": np.array(cols["block"], dtype=int),
+                  "weight": np.full(L, g.weight, dtype=object), "head": np.array(cols["head"], dtype=int),
+                  "side": np.full(L, g.side, dtype=object),
+                  **{c: np.array(cols[c], dtype=object if c == "best_label" else None)
+                     for c in ("n_vectors", "n_significant", "selectivity", "selectivity_z", "best_idx", "best_label",
+                               "best_cos", "best_p_adj", "best_z")}}, nullable=("head", "best_idx"))

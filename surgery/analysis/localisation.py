@@ -1,0 +1,142 @@
+"""`surgery.locate`: which weights carry an embedding, found by significance instead of by eye.
+
+The study picked "manually which weights show the greatest cosine similarity". Here every
+(block, weight, head, side, idx) is ranked by its chance-corrected p-value against the set,
+weights are ranked by how many of their singular vectors beat chance, and each set gets a
+one-line answer: where it is most aligned, and which weight is most selective for it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from adapters import WEIGHTS
+from surgery.analysis.alignment import Alignment, alignment
+from surgery.analysis.tables import Table
+
+SIDE_NAMES = {"in": "read side", "out": "write side"}
+
+
+def side_name(weight: str, side: str, short: bool = False) -> str:
+    """"read side"/"write side"; QK has no write side: both read, the query ("in") and the key ("out")."""
+    name = {"in": "query", "out": "key"}[side] if weight == "QK" else {"in": "read", "out": "write"}[side]
+    return name if short else f"{name} side"
+
+
+@dataclass
+class Location:
+    """Ranked singular vectors and weights for one or more embedding sets."""
+
+    ranking: Table
+    """Every searched singular vector, most significant first: its best label, cos, p, p_adj, z."""
+    weights: Table
+    """Every (block, weight, head, side): vectors beating chance, its best vector, its selectivity."""
+    summary: Table
+    """One row per embedding set: the strongest vector, the count beating chance, the most selective weight."""
+    alignment: Alignment
+
+    @property
+    def alpha(self) -> float:
+        return self.alignment.settings["alpha"]
+
+    def carriers(self, embedding: str | None = None) -> Table:
+        """The weights with at least one singular vector more aligned than chance."""
+        w = self.weights if embedding is None else self.weights.where(embedding=embedding)
+        return w.take(w["n_significant"] > 0)
+
+    def __str__(self) -> str:
+        return "\n\n".join(describe(self, name) for name in self.summary["embedding"])
+
+    def __repr__(self) -> str:
+        return f"Location({', '.join(self.summary['embedding'])}: {len(self.ranking)} vectors ranked)\n{self}"
+
+
+def locate(model, embedding: str | Sequence[str] | None = "action_out", weights: Sequence[str] = WEIGHTS,
+           blocks=None, heads=None, top: int = 5, alpha: float = 0.05, correction: str = "holm",
+           fold_ln: bool = False, **kwargs) -> Location:
+    """Rank every singular vector by how far its alignment with `embedding` is beyond chance.
+
+    embedding: a set name, several, or None for every set the model has (with a summary across
+    them). Other arguments go to `surgery.alignment`.
+    """
+    a = alignment(model, embeddings=embedding, weights=weights, blocks=blocks, heads=heads, top=top, alpha=alpha,
+                  correction=correction, fold_ln=fold_ln, **kwargs)
+    return from_alignment(a)
+
+
+def from_alignment(a: Alignment) -> Location:
+    """The ranking, weight table and summary of an alignment already computed."""
+    v = a.vectors
+    ranking = v.sort("p_adj", "abs_cos", descending=[False, True])
+    w = a.weights
+    weights = w.sort("embedding", "best_p_adj", "n_significant", "selectivity", descending=[False, False, True, True])
+    weights = Table.concat([weights.where(embedding=n) for n in a.settings["embeddings"]])
+    return Location(ranking, weights, _summary(a, ranking, weights), a)
+
+
+def _summary(a: Alignment, ranking: Table, weights: Table) -> Table:
+    rows = []
+    sets = a.adapter.embedding_sets()
+    for name in a.settings["embeddings"]:
+        r = ranking.where(embedding=name)
+        w = weights.where(embedding=name)
+        best = r.row(0)
+        # Rank by z, not the ratio: a low-rank head's ratio is noisy, its z says how unusual it is.
+        z = np.nan_to_num(w["selectivity_z"].astype(float), nan=-np.inf)
+        sel = w.take(np.argsort(-z, kind="stable")).row(0)
+        null = a.nulls[name]
+        rows.append({
+            "embedding": name, "n_labels": len(sets[name].labels), "n_searched": len(r),
+            "n_significant": int((r["p_adj"] < a.settings["alpha"]).sum()),
+            "threshold": a.threshold(name), "chance_mean": null.mean,
+            "block": best["block"], "weight": best["weight"], "head": -1 if best["head"] is None else best["head"],
+            "side": best["side"], "idx": best["idx"], "label": best["label"], "cos": best["cos"],
+            "p_adj": best["p_adj"], "z": best["z"],
+            "selective_block": sel["block"], "selective_weight": sel["weight"],
+            "selective_head": -1 if sel["head"] is None else sel["head"], "selective_side": sel["side"],
+            "selectivity": sel["selectivity"], "selectivity_z": sel["selectivity_z"],
+        })
+    cols = {k: [r[k] for r in rows] for k in rows[0]} if rows else {}
+    return Table(cols, nullable=("head", "selective_head"))
+
+
+def where(block: int, weight: str, head, side: str) -> str:
+    """'block 1 K (read side)', 'block 0 OV head 2 (write side)'."""
+    h = "" if head in (None, -1) else f" head {head}"
+    return f"block {block} {weight}{h} ({side_name(weight, side)})"
+
+
+def describe(loc: Location, name: str, max_weights: int = 4) -> str:
+    """A few lines answering: which weights carry this embedding set, and by how much beyond chance."""
+    s = loc.summary.where(embedding=name).row(0)
+    a = loc.alignment.settings
+    labels = f"{s['n_labels']} label{'s' if s['n_labels'] != 1 else ''}"
+    head = (f"{name} ({labels}): {s['n_searched']} singular vectors searched; with "
+            f"{_correction_name(a['correction'])} at alpha {a['alpha']:g}, |cos| >= {s['threshold']:.3f} beats "
+            f"chance (random directions average {s['chance_mean']:.3f}).")
+    carriers = loc.carriers(name)
+    lines = [head]
+    if len(carriers) == 0:
+        lines.append(f"  no weight is more aligned than chance; the strongest was "
+                     f"{where(s['block'], s['weight'], s['head'], s['side'])} #{s['idx']} "
+                     f"{s['label']!r} cos {s['cos']:+.3f} (p_adj {s['p_adj']:.2g}).")
+    else:
+        lines.append(f"  carried by {len(carriers)} weight(s), {s['n_significant']} vector(s) beyond chance:")
+        for r in carriers.head(max_weights).rows():
+            lines.append(f"  - {where(r['block'], r['weight'], r['head'], r['side'])}: {r['n_significant']} of "
+                         f"{r['n_vectors']}; best #{r['best_idx']} {r['best_label']!r} cos {r['best_cos']:+.3f} "
+                         f"(p_adj {r['best_p_adj']:.2g}, z {r['best_z']:.1f})")
+        if len(carriers) > max_weights:
+            lines.append(f"  - ... and {len(carriers) - max_weights} more")
+    verb = "writes" if s["selective_side"] == "out" and s["selective_weight"] != "QK" else "reads"
+    selective = where(s["selective_block"], s["selective_weight"], s["selective_head"], s["selective_side"])
+    lines.append(f"  most selective for it: {selective}, which {verb} its directions {s['selectivity']:.2f}x as "
+                 f"strongly as an average direction (z {s['selectivity_z']:.1f} against random rotations).")
+    return "\n".join(lines)
+
+
+def _correction_name(method: str) -> str:
+    return {"holm": "Holm's correction", "bonferroni": "Bonferroni's correction", "bh": "Benjamini-Hochberg (FDR)",
+            "by": "Benjamini-Yekutieli (FDR)", "none": "no correction"}[method]

@@ -1,0 +1,88 @@
+"""The terminal summary of an analysis: what is more than chance, and where."""
+from __future__ import annotations
+
+from surgery.analysis.localisation import Location, describe, side_name, where
+
+
+def visible(label: str) -> str:
+    """A token as text: control characters escaped, spaces at either end shown as ␣ (" the" -> "␣the")."""
+    s = repr(label)[1:-1] if any(c in label for c in "\n\t\r") else label
+    core = s.strip(" ")
+    if not core:
+        return "␣" * len(s) or "''"
+    lead, trail = len(s) - len(s.lstrip(" ")), len(s) - len(s.rstrip(" "))
+    return "␣" * lead + core + "␣" * trail
+
+
+def searched(loc: Location) -> str:
+    """'K read, V write, OV read+write of blocks 0..2'."""
+    s = loc.alignment.settings
+    v = loc.alignment.vectors
+    parts = []
+    for w in s["weights"]:
+        sides = [x for x in ("in", "out") if len(v.where(weight=w, side=x))]
+        if sides:
+            parts.append(f"{w} {'+'.join(side_name(w, x, short=True) for x in sides)}")
+    blocks = s["blocks"]
+    span = f"{blocks[0]}..{blocks[-1]}" if blocks == list(range(blocks[0], blocks[-1] + 1)) and len(blocks) > 1 \
+        else ", ".join(map(str, blocks))
+    return f"{', '.join(parts)} of block{'s' if len(blocks) > 1 else ''} {span}"
+
+
+def settings_line(loc: Location) -> str:
+    s = loc.alignment.settings
+    draws = {n: d for n, d in s["draws"].items() if d}
+    common = max(set(draws.values()), key=list(draws.values()).count) if draws else 0
+    others = ", ".join(f"{d:,} for {n}" for n, d in draws.items() if d != common)
+    mc = f"{common:,} random directions" + (f" ({others})" if others else "") if draws else "exact laws only"
+    family = "within each embedding set" if s["family"] == "set" else "over all sets together"
+    name = s["correction"].upper() if len(s["correction"]) == 2 else s["correction"].capitalize()
+    corr = "not corrected" if s["correction"] == "none" else f"{name}-corrected {family}"
+    return (f"Chance: random unit directions against each set ({mc}, seed {s['seed']}, exact where a set has one "
+            f"vector); p-values {corr}; alpha {s['alpha']:g}.")
+
+
+def table(loc: Location) -> str:
+    """One line per embedding set."""
+    head = ("embedding", "labels", "beyond chance", "needs |cos|", "strongest singular vector", "label", "cos", "p_adj")
+    rows = [head]
+    for r in loc.summary.rows():
+        rows.append((r["embedding"], str(r["n_labels"]), str(r["n_significant"]), f"{r['threshold']:.3f}",
+                     f"{where(r['block'], r['weight'], r['head'], r['side'])} #{r['idx']}", _short(r["label"]),
+                     f"{r['cos']:+.3f}", f"{r['p_adj']:.2g}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    right = {1, 2, 3, 6, 7}
+    lines = ["  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
+             for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def summary_text(loc: Location, model_name: str, elapsed: float | None = None, files: list[str] | None = None) -> str:
+    """The whole terminal summary."""
+    a = loc.alignment
+    s = a.settings
+    n = len(loc.ranking) // max(len(s["embeddings"]), 1)
+    timing = f" (analysed in {elapsed:.2f} s)" if elapsed is not None else ""
+    out = [f"Alignment of {model_name}{timing}: {a.adapter!r}",
+           f"Searched {searched(loc)}: {n} singular vectors per embedding set ({s['dtype']}, "
+           f"fold_ln {'on' if s['fold_ln'] else 'off'}); cosines with unit-normalised embeddings.",
+           settings_line(loc), "", table(loc), ""]
+    hits = [name for name in loc.summary["embedding"] if len(loc.carriers(name))]
+    if hits:
+        out.append("Beyond chance:")
+        out += [describe(loc, name) for name in hits]
+    else:
+        out.append("Nothing is more aligned than chance: no singular vector beats random directions "
+                   "after the correction.")
+    misses = [name for name in loc.summary["embedding"] if name not in hits]
+    if hits and misses:
+        out.append(f"\nNot beyond chance anywhere: {', '.join(misses)}.")
+    if files:
+        out.append("\nWrote " + ", ".join(files))
+    return "\n".join(out)
+
+
+def _short(label: str, width: int = 24) -> str:
+    s = visible(label)
+    return s if len(s) <= width else s[:width - 1] + "…"

@@ -1,0 +1,1 @@
+"""Behaviour: decision transformers played in their environments, batched, with stored, resumable results."""

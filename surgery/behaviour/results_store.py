@@ -1,0 +1,178 @@
+"""One experiment's finished episodes in an SQLite file: one committed row per episode, resumable.
+
+The file belongs to one experiment, named by a fingerprint of its spec (weights hash, edit,
+environment, target return, seed scheme, dtype, ...). Reopening it with the same spec returns
+the episodes already finished, so an interrupted run continues where it stopped; a different
+spec, a corrupt file or a file that is not a results store is refused with a clear message.
+Each row is written in its own transaction: a crash leaves whole rows or none. The file uses
+SQLite's write-ahead log, so episodes.sqlite-wal and -shm may sit beside it while it is open.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import sqlite3
+import time
+import typing
+from pathlib import Path
+
+from surgery.errors import SurgeryError
+
+__all__ = ["ResultsStore", "fingerprint", "RESULTS_FILE"]
+
+RESULTS_FILE = "episodes.sqlite"
+SCHEMA_VERSION = 1
+_SQL_TYPES = {int: "INTEGER", float: "REAL", bool: "INTEGER", str: "TEXT"}
+
+
+def fingerprint(spec: dict) -> str:
+    """A stable hash of an experiment spec (JSON with sorted keys)."""
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def _columns(record_type) -> list[tuple[str, type, bool]]:
+    """(name, python type, nullable) for each field of a flat dataclass of int/float/bool/str."""
+    hints = typing.get_type_hints(record_type)
+    cols = []
+    for f in dataclasses.fields(record_type):
+        hint = hints[f.name]
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        nullable = type(None) in typing.get_args(hint)
+        base = args[0] if nullable else hint
+        if base not in _SQL_TYPES:
+            raise TypeError(f"field {f.name}: {hint} cannot be stored; use int, float, bool or str (optionally | None)")
+        cols.append((f.name, base, nullable))
+    return cols
+
+
+class ResultsStore:
+    """Finished episodes of one experiment, keyed by an integer field (the episode index)."""
+
+    def __init__(self, path: str | Path, spec: dict, record_type, key: str = "episode"):
+        self.path = Path(path)
+        self.spec = json.loads(json.dumps(spec, sort_keys=True, default=str))
+        self.fingerprint = fingerprint(spec)
+        self.record_type = record_type
+        self.columns = _columns(record_type)
+        if key not in [c[0] for c in self.columns]:
+            raise SurgeryError(f"key {key!r} is not a field of {record_type.__name__}")
+        self.key = key
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = self._open()
+
+    def _refuse(self, why: str) -> ValueError:
+        return ValueError(f"{self.path}: {why}. Choose another output directory, "
+                          "or move the file away to start afresh.")
+
+    def _open(self) -> sqlite3.Connection:
+        try:
+            conn = sqlite3.connect(self.path, isolation_level=None)  # explicit transactions below
+            # WAL: a committed row survives the process being killed, without an fsync per episode
+            # (only a power cut can drop the last few commits; the file stays consistent either way).
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if tables:
+                check = conn.execute("PRAGMA quick_check").fetchone()[0]
+                if check != "ok":
+                    raise sqlite3.DatabaseError(check)
+        except sqlite3.DatabaseError as e:
+            raise self._refuse(f"not a readable results file (corrupt or not SQLite: {e})") from None
+        if not tables:
+            self._create(conn)
+        elif tables != {"experiment", "episodes"}:
+            conn.close()
+            raise self._refuse(f"not a surgery results file (tables {sorted(tables)})")
+        else:
+            self._check_experiment(conn)
+        return conn
+
+    def _create(self, conn: sqlite3.Connection) -> None:
+        cols = ", ".join(
+            f"{name} {_SQL_TYPES[t]}{'' if nullable else ' NOT NULL'}{' PRIMARY KEY' if name == self.key else ''}"
+            for name, t, nullable in self.columns
+        )
+        # Schema and identity are created in one transaction: a crash leaves an empty file, never half a header.
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("CREATE TABLE experiment (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        conn.execute(f"CREATE TABLE episodes ({cols}, finished_at REAL NOT NULL)")
+        conn.executemany(
+            "INSERT INTO experiment VALUES (?, ?)",
+            [("schema_version", str(SCHEMA_VERSION)), ("fingerprint", self.fingerprint),
+             ("spec", json.dumps(self.spec, sort_keys=True)), ("record_type", self.record_type.__name__),
+             ("created", time.strftime("%Y-%m-%dT%H:%M:%S"))],
+        )
+        conn.execute("COMMIT")
+
+    def _check_experiment(self, conn: sqlite3.Connection) -> None:
+        meta = dict(conn.execute("SELECT name, value FROM experiment"))
+        if meta.get("schema_version") != str(SCHEMA_VERSION):
+            conn.close()
+            raise self._refuse(f"results schema version {meta.get('schema_version')!r}, "
+                               f"this tool reads {SCHEMA_VERSION}")
+        if meta.get("fingerprint") != self.fingerprint:
+            conn.close()
+            try:
+                theirs = json.loads(meta.get("spec", "{}"))
+            except json.JSONDecodeError:
+                theirs = {}
+            diff = [f"{k}: file has {theirs.get(k)!r}, this run has {self.spec.get(k)!r}"
+                    for k in sorted(set(theirs) | set(self.spec)) if theirs.get(k) != self.spec.get(k)]
+            why = "; ".join(diff) or "fingerprint differs"
+            raise self._refuse(f"holds results of another experiment ({why})")
+        names = [r[1] for r in conn.execute("PRAGMA table_info(episodes)")]
+        expected = [c[0] for c in self.columns] + ["finished_at"]
+        if names != expected:
+            conn.close()
+            raise self._refuse(f"episodes table has columns {names}, expected {expected}")
+
+    def finished(self) -> dict[int, object]:
+        """The records already stored, by key."""
+        names = [c[0] for c in self.columns]
+        rows = self._conn.execute(f"SELECT {', '.join(names)} FROM episodes ORDER BY {self.key}").fetchall()
+        out = {}
+        for row in rows:
+            values = {n: (None if v is None else t(v)) for (n, t, _), v in zip(self.columns, row)}
+            out[values[self.key]] = self.record_type(**values)
+        return out
+
+    def add(self, record) -> None:
+        """Store one finished record in its own transaction; a key already stored is an error."""
+        values = [getattr(record, name) for name, _, _ in self.columns]
+        missing = [name for (name, _, nullable), v in zip(self.columns, values) if v is None and not nullable]
+        if missing:
+            raise SurgeryError(f"record has no value for {missing}: {record!r}")
+        names = ", ".join([c[0] for c in self.columns] + ["finished_at"])
+        marks = ", ".join("?" * (len(values) + 1))
+        try:
+            with self._transaction():
+                self._conn.execute(f"INSERT INTO episodes ({names}) VALUES ({marks})", [*values, time.time()])
+        except sqlite3.IntegrityError as e:
+            if "UNIQUE" in str(e):
+                raise SurgeryError(f"{self.path}: {self.key} {getattr(record, self.key)} is already stored") from None
+            raise
+
+    @contextlib.contextmanager
+    def _transaction(self):
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    def __len__(self) -> int:
+        return self._conn.execute("SELECT COUNT(*) FROM episodes").fetchone()[0]
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False

@@ -1,0 +1,120 @@
+"""`surgery lm ...`: scan a language model, print one weight's token table, compare widths."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from surgery.errors import SurgeryError
+from surgery.lm.shapes import SHAPES
+from surgery.loading import DTYPES
+
+
+def register(subparsers) -> None:
+    lm = subparsers.add_parser("lm", help="language models: full scans, token tables, width comparison",
+                               description=__doc__)
+    sub = lm.add_subparsers(dest="lm_command", metavar="LM_COMMAND", required=True)
+
+    def model_args(p):
+        p.add_argument("model", help="a local checkpoint directory or a model id in the local Hugging Face cache "
+                                     f"(nothing is downloaded), or random:SHAPE ({', '.join(SHAPES)})")
+        p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
+        p.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="weight dtype (default: the checkpoint's)")
+        p.add_argument("--blocks", type=int, default=None, help="random:SHAPE only: build this many blocks")
+
+    s = sub.add_parser("scan", help="every block: top-k triples of K, V, OV, QK, their tokens and coherence")
+    model_args(s)
+    s.add_argument("--k", type=int, default=16, help="top triples per weight and head (default 16)")
+    s.add_argument("--tokens", type=int, default=10, help="tokens per direction (default 10)")
+    s.add_argument("--method", default="gram", choices=["exact", "gram", "randomized", "auto"])
+    s.add_argument("--weights", nargs="+", default=["K", "V", "OV", "QK"], choices=["K", "V", "OV", "QK"])
+    s.add_argument("--embedding", default="token_out", choices=["token_in", "token_out"])
+    s.add_argument("--out", default=None, help="write every vector's record as JSON here")
+    s.set_defaults(func=_scan)
+
+    t = sub.add_parser("tokens", help="the token table of one weight (one head for OV/QK)")
+    model_args(t)
+    t.add_argument("--block", type=int, required=True)
+    t.add_argument("--weight", required=True, choices=["K", "V", "OV", "QK"])
+    t.add_argument("--head", type=int, default=None)
+    t.add_argument("--side", default=None, choices=["in", "out"], help="default: the residual-facing side a patch edits")
+    t.add_argument("--k", type=int, default=10, help="singular vectors shown (default 10)")
+    t.add_argument("--tokens", type=int, default=10, help="tokens per direction (default 10)")
+    t.add_argument("--method", default="exact", choices=["exact", "gram", "randomized", "auto"])
+    t.add_argument("--embedding", default="token_out", choices=["token_in", "token_out"])
+    t.set_defaults(func=_tokens)
+
+    w = sub.add_parser("width", help="compare models' best token cosines against chance (z-scores), any width")
+    w.add_argument("models", nargs="+", help="checkpoint directories, cached model ids, or random:SHAPE")
+    w.add_argument("--device", default="cpu")
+    w.add_argument("--dtype", default=None, choices=sorted(DTYPES))
+    w.add_argument("--blocks", type=int, default=2, help="analyse the first N blocks of each (default 2)")
+    w.add_argument("--k", type=int, default=8, help="top triples per weight and head (default 8)")
+    w.add_argument("--draws", type=int, default=None, help="Monte Carlo draws of the chance null")
+    w.set_defaults(func=_width)
+
+
+def open_model(source: str, device: str, dtype, blocks: int | None = None):
+    """A wrapped model: random:SHAPE (random weights of a published shape) or a local/cached checkpoint."""
+    from adapters import wrap
+    from surgery.lm.shapes import random_lm
+    from surgery.loading import load
+
+    if source.startswith("random:"):
+        shape = source.split(":", 1)[1]
+        return wrap(random_lm(shape, blocks, device=device, dtype=dtype or "float32"))
+    if blocks is not None:
+        raise SurgeryError("--blocks builds a shorter random model; it applies to random:SHAPE only")
+    return load(source, dtype=dtype, device=device)
+
+
+def _scan(args) -> int:
+    from surgery.lm.scan import ScanConfig, scan
+
+    model = open_model(args.model, args.device, args.dtype, args.blocks)
+    res = scan(model, ScanConfig(k=args.k, tokens=args.tokens, method=args.method, weights=tuple(args.weights),
+                                 embedding=args.embedding))
+    for w, s in res.summary().items():
+        print(f"{w:<3} {s['vectors']:>6} vectors; coherent at p<0.01: {s['coherent_p01']:.3f}; median z {s['median_z']:+.2f}")
+    print(f"{sum(res.seconds):.2f} s over {len(res.seconds)} blocks on {res.device}"
+          + (f"; max residual {max(res.max_residual.values()):.1e}" if res.max_residual else ""))
+    if args.out:
+        res.to_json(args.out)
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _tokens(args) -> int:
+    from surgery.lm.semantic import token_table
+
+    model = open_model(args.model, args.device, args.dtype, args.blocks)
+    t = token_table(model, args.block, args.weight, args.head, embedding=args.embedding, side=args.side, k=args.k,
+                    n=args.tokens, method=args.method)
+    print(t.format(tokens=args.tokens))
+    return 0
+
+
+def _width(args) -> int:
+    from surgery.lm.width import compare
+
+    models = {}
+    for source in args.models:
+        random = source.startswith("random:")
+        a = open_model(source, args.device, args.dtype, args.blocks if random else None)
+        models[source] = a
+    blocks = list(range(args.blocks))
+    print(compare(models, blocks=blocks, k=args.k, draws=args.draws))
+    return 0
+
+
+def main(argv=None) -> int:
+    """`python -m surgery.cli.lm ARGS` = `surgery lm ARGS`, with the same error handling."""
+    from surgery.cli.main import run
+
+    parser = argparse.ArgumentParser(prog="surgery")
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["lm", *(sys.argv[1:] if argv is None else argv)])
+    return run(args.func, args, f"lm {args.lm_command}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

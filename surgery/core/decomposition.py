@@ -1,0 +1,223 @@
+"""Exact SVDs of K, V and the per-head OV and QK circuits, cached per weight version.
+
+Convention (DESIGN.md): `W = U @ diag(S) @ V.T` with `W: [d_in, d_out]` (`y = x @ W`), `U: [d_in, r]`
+the read side, `V: [d_out, r]` the write side, S descending, and `U[:, i] @ W == S[i] * V[:, i]`.
+
+Sign rule: in each triple, the entry of largest magnitude of the *anchor* vector is positive
+(first such entry on ties). The anchor is the side a patch edits by default: the read side U
+for K and QK, the write side V for V and OV. So the same weights give the same vectors on
+every run and device (up to the precision of the computation).
+
+`fold_ln=False` by default: the SVD is of the weight as stored, which is what the study
+decomposed and what `patch` edits. `fold_ln=True` multiplies the read side by the preceding
+LayerNorm's gain (`diag(gamma) @ W`), giving the directions the weight reads from the
+*normalised* residual stream; use it for analysis, not to pick triples to patch. V reads MLP
+activations, which no LayerNorm precedes, so fold_ln changes nothing for V.
+
+`method="exact"` (default) is the full SVD above. `k=` keeps the top k triples; with
+`method="gram"` (all triples when k is None), `"randomized"` or `"auto"` (k required) only those are
+computed (`surgery.core.lowrank`: GEMM-only routes for full-size models), and the result carries
+`residual`, an a-posteriori error certificate.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from adapters import WEIGHTS, Adapter, wrap
+from surgery.core import lowrank
+from surgery.errors import SurgeryError
+
+DEFAULT_SIDE = {"K": "in", "V": "out", "OV": "out", "QK": "in"}
+"""Which side a triple's sign is anchored on and a patch edits by default (the residual-facing one)."""
+
+RESIDUAL_SIDES = {"K": ("in",), "V": ("out",), "OV": ("in", "out"), "QK": ("in", "out")}
+"""Which sides of each weight face the residual stream (DESIGN.md)."""
+
+
+@dataclass(frozen=True)
+class SVD:
+    """Singular triples of one weight (or of every head's, stacked on a leading head axis)."""
+
+    U: torch.Tensor
+    S: torch.Tensor
+    V: torch.Tensor
+    block: int
+    weight: str
+    head: int | None
+    fold_ln: bool
+    method: str = "exact"
+    """How the triples were computed: "exact", "gram" or "randomized" (what "auto" chose; surgery.core.lowrank)."""
+    residual: torch.Tensor | None = None
+    """Fast routes only: per triple, max(|W V_i - S_i U_i|, |W^T U_i - S_i V_i|) / S_0 (see surgery.core.lowrank)."""
+
+    def __iter__(self):
+        return iter((self.U, self.S, self.V))
+
+    def dense(self) -> torch.Tensor:
+        """The matrix these triples reconstruct, `U @ diag(S) @ V.T`."""
+        return (self.U * self.S.unsqueeze(-2)) @ self.V.mT
+
+    def vectors(self, side: str) -> torch.Tensor:
+        """U for side "in", V for side "out"."""
+        return {"in": self.U, "out": self.V}[check_side(side)]
+
+
+# ---- validation shared with patch ---------------------------------------------------------------
+def check_location(adapter: Adapter, block, weight, head) -> None:
+    """Raise ValueError naming what is valid unless (block, weight, head) exists in this model."""
+    if weight not in WEIGHTS:
+        raise SurgeryError(f"weight={weight!r} is not a weight name; valid: {', '.join(map(repr, WEIGHTS))}")
+    if isinstance(block, bool) or not isinstance(block, int) or not 0 <= block < adapter.n_blocks:
+        raise SurgeryError(f"block={block!r} is out of range: this model has {adapter.n_blocks} blocks "
+                         f"(valid: 0..{adapter.n_blocks - 1})")
+    if weight in ("K", "V"):
+        if head is not None:
+            raise SurgeryError(f"head={head!r} given for weight {weight!r}, which is per block: use head=None")
+    elif head is not None and (isinstance(head, bool) or not isinstance(head, int)
+                               or not 0 <= head < adapter.n_heads):
+        raise SurgeryError(f"head={head!r} is out of range: this model has {adapter.n_heads} heads "
+                         f"(valid: 0..{adapter.n_heads - 1}, or None for all)")
+
+
+def check_side(side) -> str:
+    if side not in ("in", "out"):
+        raise SurgeryError(f"side={side!r} is not a side; valid: 'in' (read side, U) or 'out' (write side, V)")
+    return side
+
+
+# ---- the factors of each weight -----------------------------------------------------------------
+def factors(adapter: Adapter, block: int, weight: str) -> tuple[torch.Tensor, ...]:
+    """Live views whose product is the weight: `(M,)` for K/V, `(A [H,d,dh], B [H,dh,d])` for OV/QK."""
+    if weight == "K":
+        return (adapter.mlp_in(block),)
+    if weight == "V":
+        return (adapter.mlp_out(block),)
+    w = adapter.attn_weights(block)
+    if weight == "OV":
+        return w["W_V"], w["W_O"]
+    return w["W_Q"], w["W_K"].mT  # QK = W_Q @ W_K.T: the query side reads, the key side "writes"
+
+
+def base_of(t: torch.Tensor) -> torch.Tensor:
+    """The tensor a view was taken from (its version counter is the one edits bump)."""
+    return t._base if t._base is not None else t
+
+
+def canonical_version(adapter: Adapter, t: torch.Tensor) -> int:
+    """The tensor's version, mapped back to an earlier one whose contents a patch restored bitwise."""
+    t = base_of(t)
+    return adapter.version_aliases.get((id(t), t._version), t._version)
+
+
+def _stamp(adapter: Adapter, tensors) -> tuple:
+    return tuple((id(base_of(t)), canonical_version(adapter, t)) for t in tensors)
+
+
+def _sources(adapter: Adapter, block: int, weight: str, fold_ln: bool) -> list[torch.Tensor]:
+    srcs = list(factors(adapter, block, weight))
+    ln = adapter.ln_before(block, weight) if fold_ln else None
+    if ln is not None and ln.weight is not None:
+        srcs.append(ln.weight)
+    return srcs
+
+
+# ---- the decomposition ----------------------------------------------------------------------------
+def default_dtype(device: torch.device) -> torch.dtype:
+    """float64 on the CPU (exact to reference precision, cheap at these sizes); float32 on accelerators."""
+    return torch.float64 if device.type == "cpu" else torch.float32
+
+
+def decompose(model, block: int, weight: str, head: int | None = None, fold_ln: bool = False,
+              dtype: torch.dtype | None = None, method: str = "exact", k: int | None = None) -> SVD:
+    """SVD of one weight; for OV/QK with head=None, every head's, stacked `[n_heads, ...]`.
+
+    Computed in `dtype` (float32 or float64; default float64 on CPU) whatever the weight's dtype,
+    cached until the weight (or, with fold_ln, the LayerNorm gain) changes. `k` keeps the top k
+    triples; `method="gram"|"randomized"|"auto"` computes only those (see surgery.core.lowrank).
+    """
+    adapter = wrap(model)
+    check_location(adapter, block, weight, head)
+    if method not in lowrank.METHODS:
+        raise SurgeryError(f"method={method!r} is not a method; valid: {', '.join(map(repr, lowrank.METHODS))}")
+    rank = adapter.rank(weight)
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= rank):
+        raise SurgeryError(f"k={k!r} is out of range: {weight} has {rank} singular triples (valid: 1..{rank}, or None for all)")
+    if method in ("randomized", "auto") and k is None:
+        raise SurgeryError(f"method={method!r} computes the top k triples only: give k=1..{rank} (or method='gram')")
+    srcs = _sources(adapter, block, weight, fold_ln)
+    dtype = dtype or default_dtype(srcs[0].device)
+    if dtype not in (torch.float32, torch.float64):
+        raise SurgeryError(f"dtype={dtype} is not supported; valid: torch.float32, torch.float64")
+    if method == "exact" and k is not None:  # a slice of the cached full SVD
+        return _top(decompose(adapter, block, weight, head, fold_ln, dtype), k)
+    key = (block, weight, fold_ln, dtype) if method == "exact" else (block, weight, fold_ln, dtype, method, k)
+    stamp = _stamp(adapter, srcs)
+    hit = adapter.svd_cache.get(key)
+    if hit is not None and hit[0] == stamp:
+        full = hit[1]
+    else:
+        full = _compute(adapter, block, weight, fold_ln, dtype, method, k)
+        adapter.svd_cache[key] = (stamp, full)
+    if head is None:
+        return full
+    res = None if full.residual is None else full.residual[head]
+    return SVD(full.U[head], full.S[head], full.V[head], block, weight, head, fold_ln, full.method, res)
+
+
+def _top(svd: SVD, k: int) -> SVD:
+    """The first k triples of an SVD."""
+    res = None if svd.residual is None else svd.residual[..., :k]
+    return SVD(svd.U[..., :k], svd.S[..., :k], svd.V[..., :k], svd.block, svd.weight, svd.head, svd.fold_ln,
+               svd.method, res)
+
+
+def _compute(adapter: Adapter, block: int, weight: str, fold_ln: bool, dtype: torch.dtype,
+             method: str = "exact", k: int | None = None) -> SVD:
+    with torch.no_grad():
+        mats = [f.detach().to(dtype) for f in factors(adapter, block, weight)]
+        ln = adapter.ln_before(block, weight) if fold_ln else None
+        if ln is not None and ln.weight is not None:
+            gain = ln.weight.detach().to(dtype)
+            mats[0] = gain.unsqueeze(-1) * mats[0]  # diag(gamma) @ (read side)
+            if weight == "QK":
+                mats[1] = mats[1] * gain  # the key side reads the same normalised stream: W_K.T @ diag(gamma)
+        res = None
+        if method == "exact":
+            U, S, V = dense_svd(mats[0]) if len(mats) == 1 else factored_svd(*mats)
+        elif method == "auto":
+            U, S, V, method, res = lowrank.auto_svd(mats, k)  # records the route it took
+        else:
+            U, S, V = lowrank.top_svd(mats, adapter.rank(weight) if k is None else k, method)
+            res = lowrank.residual(mats, U, S, V)
+        U, V = fix_signs(U, V, DEFAULT_SIDE[weight])
+    return SVD(U, S, V, block, weight, None, fold_ln, method, res)
+
+
+def dense_svd(M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Thin SVD `M = U diag(S) V.T` of a (batch of) matrix."""
+    U, S, Vh = torch.linalg.svd(M, full_matrices=False)
+    return U, S, Vh.mT
+
+
+def factored_svd(A: torch.Tensor, B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SVD of `A @ B` (A: [..., m, k], B: [..., k, n], k <= m, n) without forming the m x n product.
+
+    Thin QR of each factor, `A = Qa Ra`, `B.T = Qb Rb`, so `A @ B = Qa (Ra Rb.T) Qb.T`: the SVD of
+    the k x k core gives the triples exactly. At GPT-J width (m = n = 4096, k = 256) this is
+    hundreds of times cheaper than a dense SVD.
+    """
+    Qa, Ra = torch.linalg.qr(A)
+    Qb, Rb = torch.linalg.qr(B.mT)
+    Uc, S, Vc = dense_svd(Ra @ Rb.mT)
+    return Qa @ Uc, S, Qb @ Vc
+
+
+def fix_signs(U: torch.Tensor, V: torch.Tensor, anchor: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flip triples so the anchor vector's largest-magnitude entry is positive (ties: first entry)."""
+    A = U if anchor == "in" else V
+    idx = A.abs().argmax(dim=-2, keepdim=True)  # torch returns the first maximum on ties
+    sign = torch.sign(A.gather(-2, idx))
+    sign = torch.where(sign == 0, torch.ones_like(sign), sign)
+    return U * sign, V * sign

@@ -1,0 +1,1 @@
+"""Language models: full-size scans, token tables and coherence, comparisons across widths."""
