@@ -10,9 +10,7 @@ import torch
 from torch import nn
 
 from surgery.errors import SurgeryError
-
-WEIGHTS = ("K", "V", "OV", "QK")
-"""Weight names: MLP input ("K", [d_model, d_mlp]), MLP output ("V", [d_mlp, d_model]), per-head OV and QK."""
+from surgery.names import WEIGHTS  # noqa: F401  (re-exported by adapters)
 
 BLOCK_HOOKS = ("resid_pre", "attn_out", "mlp_in", "mlp_hidden", "mlp_out", "resid_post")
 """Per-block hook points, named `blocks.{i}.{point}`; plus the model-level `embed` and `final`."""
@@ -154,7 +152,7 @@ class Adapter:
         unknown = [n for n in fns if n not in points]
         if unknown:
             raise SurgeryError(f"unknown hook point(s) {unknown}; valid: 'embed', 'final' and "
-                             f"'blocks.{{0..{self.n_blocks - 1}}}.{{{','.join(BLOCK_HOOKS)}}}'")
+                               f"'blocks.{{0..{self.n_blocks - 1}}}.{{{','.join(BLOCK_HOOKS)}}}'")
         handles = []
         try:
             for name, fn in fns.items():

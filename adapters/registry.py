@@ -1,10 +1,12 @@
 """Which adapter wraps which model: a registry that third parties extend with `@register`."""
 from __future__ import annotations
 
+import os
 import weakref
 from importlib.metadata import entry_points
 
 from adapters.base import Adapter
+from surgery.errors import load_first
 
 ENTRY_POINT_GROUP = "svd_surgery.adapters"
 
@@ -47,6 +49,8 @@ def wrap(model) -> Adapter:
     """
     if isinstance(model, Adapter):
         return model
+    if isinstance(model, (str, os.PathLike)):
+        raise load_first("this function", model)
     try:
         return _WRAPPED[model]
     except (KeyError, TypeError):

@@ -51,10 +51,10 @@ class TransformerLensAdapter(Adapter):
         kv = getattr(c, "n_key_value_heads", None)
         if kv not in (None, c.n_heads):
             raise SurgeryError(f"grouped-query attention (n_key_value_heads={kv}, n_heads={c.n_heads}) is not "
-                             "supported: OV needs one W_V per head; supported: multi-head attention (GPT-2, GPT-J...)")
+                               "supported: OV needs one W_V per head; supported: multi-head attention (GPT-2, GPT-J...)")
         if getattr(c, "gated_mlp", False) or getattr(c, "attn_only", False) or getattr(c, "num_experts", None):
             raise SurgeryError("gated, mixture-of-experts and attention-only MLPs are not supported: K and V need one "
-                             "W_in and one W_out per block; supported: GPT-2- and GPT-J-style MLPs")
+                               "W_in and one W_out per block; supported: GPT-2- and GPT-J-style MLPs")
         self.parallel = bool(getattr(c, "parallel_attn_mlp", False))
         self.tokenizer = getattr(model, "tokenizer", None)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from adapters import Adapter, wrap
+from surgery.core.dtypes import parse_dtype
 from surgery.errors import SurgeryError
 
 # config.json "model_type" -> (class for an "architectures" entry naming a bare body, default class)
@@ -16,20 +17,6 @@ _HF_CLASSES = {
     "gpt2": ("GPT2Model", "GPT2LMHeadModel"),
     "gptj": ("GPTJModel", "GPTJForCausalLM"),
 }
-
-
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-"""Names accepted for `dtype` (on the command line too)."""
-
-
-def parse_dtype(dtype) -> torch.dtype | None:
-    """A torch dtype from a dtype or one of DTYPES' names (None stays None: the checkpoint's own)."""
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in DTYPES:
-        raise SurgeryError(f"dtype={dtype!r} is not known; valid: {', '.join(DTYPES)}")
-    return DTYPES[dtype]
 
 
 def load(source, *, metadata=None, tokenizer=None, dtype=None, device: str | torch.device | None = None) -> Adapter:
@@ -102,7 +89,7 @@ def _load_dir(path: Path, metadata, dtype=None) -> Adapter:
     model_type = config.get("model_type")
     if model_type not in _HF_CLASSES:
         raise SurgeryError(f"{path}: model_type {model_type!r} is not supported; "
-                         f"supported: {', '.join(sorted(_HF_CLASSES))}")
+                           f"supported: {', '.join(sorted(_HF_CLASSES))}")
     if model_type == "decision_transformer" and (metadata is not None or (path / "metadata.json").is_file()):
         return _zoo_checkpoint(path, metadata)
 

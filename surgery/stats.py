@@ -13,11 +13,12 @@ import numpy as np
 from scipy import stats
 
 from surgery.errors import SurgeryError
+from surgery.names import CORRECTIONS
 
 __all__ = [
-    "Estimate", "FailureRate", "Survival", "PairedComparison",
+    "Estimate", "FailureRate", "Survival", "PairedComparison", "PairedFailures", "Comparison",
     "mean_ci", "summarize", "failure_rate", "survival", "paired_comparison",
-    "paired_failures", "rank_biserial", "adjust_pvalues", "compare",
+    "paired_failures", "rank_biserial", "adjust_pvalues", "compare", "CORRECTIONS", "scipy_rng",
 ]
 
 
@@ -81,8 +82,8 @@ class PairedComparison:
     """Mean difference over the standard deviation of the differences (Cohen's d_z); 0 if all equal."""
 
 
-def _rng(seed: int) -> dict:
-    """scipy's seeding keyword: `rng` from scipy 1.15, `random_state` before."""
+def scipy_rng(seed: int) -> dict:
+    """scipy's seeding keyword for a seeded generator: `rng` from scipy 1.15, `random_state` before."""
     import inspect
 
     name = "rng" if "rng" in inspect.signature(stats.bootstrap).parameters else "random_state"
@@ -105,11 +106,11 @@ def mean_ci(x, confidence: float = 0.95, n_resamples: int = 9999, seed: int = 0,
     if a.size < 2 or np.all(a == a[0]):
         return Estimate(mean, mean, mean, confidence)  # no spread: the bootstrap distribution is a point
     res = stats.bootstrap((a,), np.mean, confidence_level=confidence, n_resamples=n_resamples,
-                          method=method, **_rng(seed))
+                          method=method, **scipy_rng(seed))
     low, high = res.confidence_interval
     if not (np.isfinite(low) and np.isfinite(high)):  # BCa degenerates on tiny or lumpy samples
         res = stats.bootstrap((a,), np.mean, confidence_level=confidence, n_resamples=n_resamples,
-                              method="percentile", **_rng(seed))
+                              method="percentile", **scipy_rng(seed))
         low, high = res.confidence_interval
     return Estimate(mean, float(low), float(high), confidence)
 
@@ -187,7 +188,7 @@ def paired_comparison(baseline, edited, confidence: float = 0.95, n_resamples: i
         perm = stats.permutation_test(
             (np.zeros_like(d), d), lambda x, y, axis: np.mean(y - x, axis=axis), vectorized=True,
             permutation_type="samples", n_resamples=n_resamples, alternative="two-sided",
-            **_rng(seed),
+            **scipy_rng(seed),
         )
         p_perm = float(perm.pvalue)
     sd = float(d.std(ddof=1)) if d.size > 1 else 0.0
@@ -203,7 +204,16 @@ def paired_comparison(baseline, edited, confidence: float = 0.95, n_resamples: i
     )
 
 
-def paired_failures(baseline_failed, edited_failed) -> dict:
+@dataclass(frozen=True)
+class PairedFailures:
+    """Exact McNemar test on paired failure indicators (a binomial test on the discordant pairs)."""
+
+    only_edited_failed: int
+    only_baseline_failed: int
+    p_mcnemar: float
+
+
+def paired_failures(baseline_failed, edited_failed) -> PairedFailures:
     """Exact McNemar test on paired failure indicators: binomial test on the discordant pairs."""
     b = np.asarray(baseline_failed, dtype=bool).ravel()
     e = np.asarray(edited_failed, dtype=bool).ravel()
@@ -212,28 +222,57 @@ def paired_failures(baseline_failed, edited_failed) -> dict:
     only_edited, only_baseline = int((e & ~b).sum()), int((b & ~e).sum())
     n = only_edited + only_baseline
     p = float(stats.binomtest(only_edited, n, 0.5).pvalue) if n else 1.0
-    return {"only_edited_failed": only_edited, "only_baseline_failed": only_baseline, "p_mcnemar": p}
+    return PairedFailures(only_edited, only_baseline, p)
 
 
-def adjust_pvalues(pvalues, method: str = "bh") -> np.ndarray:
-    """Multiple-comparison adjusted p-values: "bh" (Benjamini-Hochberg, scipy) or "holm" (family-wise)."""
+def adjust_pvalues(pvalues, method: str = "holm") -> np.ndarray:
+    """Multiple-comparison adjusted p-values for one family of comparisons (see CORRECTIONS).
+
+    The one correction of the project: the alignment analysis, the edit experiments and the atlas all call it.
+    """
+    if method not in CORRECTIONS:
+        raise SurgeryError(f"correction={method!r} is not known; valid: {', '.join(map(repr, CORRECTIONS))}")
     p = np.asarray(pvalues, dtype=float)
     if p.ndim != 1 or np.any((p < 0) | (p > 1)) or not np.all(np.isfinite(p)):
         raise SurgeryError(f"p-values must be a 1-d array of numbers in [0, 1], got {pvalues!r}")
-    if method == "bh":
-        return stats.false_discovery_control(p, method="bh") if p.size else p
-    if method == "holm":
-        # Holm's step-down: the i-th smallest p times (m - i), made monotone, capped at 1.
-        m = p.size
-        order = np.argsort(p, kind="stable")
-        stepped = np.maximum.accumulate(p[order] * (m - np.arange(m)))
-        out = np.empty(m)
-        out[order] = np.minimum(stepped, 1.0)
-        return out
-    raise SurgeryError(f"unknown method {method!r}; valid: 'bh', 'holm'")
+    m = p.size
+    if m == 0 or method == "none":
+        return p.copy()
+    if method == "bonferroni":
+        return np.minimum(1.0, p * m)
+    if method in ("bh", "by"):
+        return stats.false_discovery_control(p, method=method)
+    # Holm's step-down: the i-th smallest p times (m - i), made monotone, capped at 1.
+    order = np.argsort(p, kind="stable")
+    stepped = np.maximum.accumulate(p[order] * (m - np.arange(m)))
+    out = np.empty(m)
+    out[order] = np.minimum(stepped, 1.0)
+    return out
 
 
-def compare(baseline, edited, metric: str = "episode_return", **kwargs) -> dict:
+@dataclass(frozen=True)
+class Comparison:
+    """Edited against baseline, paired by episode seed: what `compare` returns."""
+
+    pairs: int
+    """Episodes present in both runs (paired by seed)."""
+    unpaired_dropped: int
+    """Episodes present in one run only, left out."""
+    metric: str
+    """The record field compared, e.g. "episode_return"."""
+    baseline: dict
+    """`summarize` of the baseline's metric."""
+    edited: dict
+    """`summarize` of the edited run's metric."""
+    difference: PairedComparison
+    """edited - baseline: tests, effect sizes, bootstrap interval."""
+    failures: PairedFailures
+    """McNemar test on the paired failure indicators."""
+    baseline_failure_rate: FailureRate
+    edited_failure_rate: FailureRate
+
+
+def compare(baseline, edited, metric: str = "episode_return", **kwargs) -> Comparison:
     """Paired statistics of two evaluation results on the same seeds (anything with `.records`)."""
     base = {r.seed: r for r in baseline.records}
     edit = {r.seed: r for r in edited.records}
@@ -246,14 +285,11 @@ def compare(baseline, edited, metric: str = "episode_return", **kwargs) -> dict:
     if any(v is None for pair in values for v in pair):
         raise SurgeryError(f"metric {metric!r} is missing for some episodes (no D4RL reference for scores?)")
     b_vals, e_vals = np.array(values).T
-    return {
-        "pairs": len(seeds),
-        "unpaired_dropped": missing,
-        "metric": metric,
-        "baseline": summarize(b_vals),
-        "edited": summarize(e_vals),
-        "difference": paired_comparison(b_vals, e_vals, **kwargs),
-        "failures": paired_failures([b.failed for b, _ in pairs], [e.failed for _, e in pairs]),
-        "baseline_failure_rate": failure_rate([b.failed for b, _ in pairs]),
-        "edited_failure_rate": failure_rate([e.failed for _, e in pairs]),
-    }
+    return Comparison(
+        pairs=len(seeds), unpaired_dropped=missing, metric=metric,
+        baseline=summarize(b_vals), edited=summarize(e_vals),
+        difference=paired_comparison(b_vals, e_vals, **kwargs),
+        failures=paired_failures([b.failed for b, _ in pairs], [e.failed for _, e in pairs]),
+        baseline_failure_rate=failure_rate([b.failed for b, _ in pairs]),
+        edited_failure_rate=failure_rate([e.failed for _, e in pairs]),
+    )

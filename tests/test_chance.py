@@ -9,6 +9,7 @@ import torch
 from scipy import stats
 
 from surgery.analysis import chance
+from surgery.stats import adjust_pvalues
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -120,12 +121,12 @@ def test_null_is_reproducible_and_cached():
 def test_corrections():
     p = np.array([0.01, 0.04, 0.03, 0.005])
     # Holm by hand: sorted 0.005, 0.01, 0.03, 0.04 times 4, 3, 2, 1 -> 0.02, 0.03, 0.06, 0.06 (monotone).
-    np.testing.assert_allclose(chance.correct(p, "holm"), [0.03, 0.06, 0.06, 0.02])
-    np.testing.assert_allclose(chance.correct(p, "bonferroni"), [0.04, 0.16, 0.12, 0.02])
-    np.testing.assert_allclose(chance.correct(p, "bh"), stats.false_discovery_control(p, method="bh"))
-    np.testing.assert_allclose(chance.correct(p, "none"), p)
+    np.testing.assert_allclose(adjust_pvalues(p, "holm"), [0.03, 0.06, 0.06, 0.02])
+    np.testing.assert_allclose(adjust_pvalues(p, "bonferroni"), [0.04, 0.16, 0.12, 0.02])
+    np.testing.assert_allclose(adjust_pvalues(p, "bh"), stats.false_discovery_control(p, method="bh"))
+    np.testing.assert_allclose(adjust_pvalues(p, "none"), p)
     with pytest.raises(ValueError, match="valid: 'holm'"):
-        chance.correct(p, "fdr")
+        adjust_pvalues(p, "fdr")
 
 
 def test_searched_pvalue():

@@ -45,8 +45,8 @@ def test_a_no_op_patch_is_not_significant():
     with patch(model, block=1, weight="K", idx=0, op="scale", value=1.0):
         edited = evaluate(model, **run)
     result = stats.compare(baseline, edited)
-    assert result["pairs"] == 12
-    assert result["difference"].p_wilcoxon > 0.05 and result["failures"]["p_mcnemar"] > 0.05
+    assert result.pairs == 12
+    assert result.difference.p_wilcoxon > 0.05 and result.failures.p_mcnemar > 0.05
 
 
 def _zoo_hopper():
@@ -70,6 +70,6 @@ def test_destroying_k_is_detected_on_the_trained_hopper():
         no_op = evaluate(adapter, **run)
     bad = stats.compare(baseline, destroyed)
     same = stats.compare(baseline, no_op)
-    p = stats.adjust_pvalues([bad["difference"].p_wilcoxon, same["difference"].p_wilcoxon], "holm")
-    assert p[0] < 0.01 and bad["difference"].mean_difference.value < 0
+    p = stats.adjust_pvalues([bad.difference.p_wilcoxon, same.difference.p_wilcoxon], "holm")
+    assert p[0] < 0.01 and bad.difference.mean_difference.value < 0
     assert p[1] > 0.05

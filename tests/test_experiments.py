@@ -21,13 +21,13 @@ def balancer():
 def test_a_destroying_patch_is_significant_and_a_no_op_is_not(balancer, tmp_path):
     destroy = [dict(block=b, weight="K", op="keep_top", value=0) for b in range(2)]  # every K triple
     bad = edit_eval(balancer, destroy, out=tmp_path / "destroy", **RUN)
-    d = bad.comparison["difference"]
+    d = bad.comparison.difference
     assert bad.baseline.returns.min() == 100 and bad.edited.failed.all()
-    assert d.p_wilcoxon < 0.01 and d.mean_difference.high < 0 and bad.comparison["failures"]["p_mcnemar"] < 0.01
+    assert d.p_wilcoxon < 0.01 and d.mean_difference.high < 0 and bad.comparison.failures.p_mcnemar < 0.01
     assert "lowered" in bad.text() and "increased" in bad.text()
     same = edit_eval(balancer, dict(block=0, weight="K", idx=0, op="scale", value=1.0), out=tmp_path / "noop", **RUN)
     assert same.edited.records == same.baseline.records
-    assert same.comparison["difference"].p_wilcoxon == 1.0 and same.comparison["failures"]["p_mcnemar"] == 1.0
+    assert same.comparison.difference.p_wilcoxon == 1.0 and same.comparison.failures.p_mcnemar == 1.0
     assert "no significant change" in same.text()
 
 
@@ -73,5 +73,5 @@ def test_on_the_zoo_hopper_destroying_k_is_detected_and_a_no_op_is_not(tmp_path)
     destroy = [dict(block=b, weight="K", op="keep_top", value=0) for b in range(hopper.n_blocks)]
     bad = edit_eval(hopper, destroy, out=tmp_path / "destroy", **run)
     same = edit_eval(hopper, dict(block=1, weight="K", idx=0, op="scale", value=1.0), out=tmp_path / "noop", **run)
-    assert bad.comparison["difference"].p_wilcoxon < 0.01 and bad.comparison["difference"].mean_difference.high < 0
-    assert same.comparison["difference"].p_wilcoxon > 0.05 and same.edited.records == same.baseline.records
+    assert bad.comparison.difference.p_wilcoxon < 0.01 and bad.comparison.difference.mean_difference.high < 0
+    assert same.comparison.difference.p_wilcoxon > 0.05 and same.edited.records == same.baseline.records

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import surgery
+from surgery.core.dtypes import parse_dtype
 from surgery.lm import shapes as lm_load
-from surgery.loading import parse_dtype
 from tests.lm_fixtures import make_tokenizer, saved_model
 
 

@@ -164,8 +164,17 @@ def test_holm_matches_r_and_the_step_down_procedure():
 def test_adjust_rejects_bad_input():
     with pytest.raises(ValueError, match="in \\[0, 1\\]"):
         stats.adjust_pvalues([0.1, 1.5])
-    with pytest.raises(ValueError, match="valid: 'bh', 'holm'"):
-        stats.adjust_pvalues([0.1], "bonferroni")
+    with pytest.raises(ValueError, match="valid: 'holm', 'bonferroni', 'bh', 'by', 'none'"):
+        stats.adjust_pvalues([0.1], "fdr")
+
+
+def test_one_correction_for_the_whole_project():
+    """The public function defaults to what the analysis uses (Holm); there is no second spelling."""
+    from surgery.analysis import chance
+
+    p = [0.01, 0.04, 0.03, 0.005]
+    assert np.allclose(stats.adjust_pvalues(p), stats.adjust_pvalues(p, "holm"))
+    assert not hasattr(chance, "correct") and not hasattr(chance, "CORRECTIONS")
 
 
 def test_mcnemar_is_a_binomial_test_on_discordant_pairs():
@@ -174,10 +183,10 @@ def test_mcnemar_is_a_binomial_test_on_discordant_pairs():
     edited[:12] = True  # 12 pairs fail only when edited
     edited[30:32] = False  # 2 pairs fail only at baseline
     res = stats.paired_failures(base, edited)
-    assert (res["only_edited_failed"], res["only_baseline_failed"]) == (12, 2)
+    assert (res.only_edited_failed, res.only_baseline_failed) == (12, 2)
     # Exact two-sided binomial by hand: P(X <= 2) + P(X >= 12), X ~ Bin(14, 1/2).
     want = sum(sps.binom.pmf(k, 14, 0.5) for k in list(range(0, 3)) + list(range(12, 15)))
-    assert res["p_mcnemar"] == pytest.approx(want)
+    assert res.p_mcnemar == pytest.approx(want)
 
 
 def test_compare_pairs_records_by_seed():
@@ -187,8 +196,8 @@ def test_compare_pairs_records_by_seed():
     base = SimpleNamespace(records=[rec(s, 100.0 + s, False) for s in range(12)])
     edited = SimpleNamespace(records=[rec(s, 50.0 + s, s % 2 == 0) for s in reversed(range(2, 14))])
     out = stats.compare(base, edited)
-    assert out["pairs"] == 10 and out["unpaired_dropped"] == 4
-    assert out["difference"].mean_difference.value == pytest.approx(-50.0)
-    assert out["edited_failure_rate"].failures == 5
+    assert out.pairs == 10 and out.unpaired_dropped == 4
+    assert out.difference.mean_difference.value == pytest.approx(-50.0)
+    assert out.edited_failure_rate.failures == 5
     with pytest.raises(ValueError, match="share no seeds"):
         stats.compare(base, SimpleNamespace(records=[rec(99, 1.0, False)]))

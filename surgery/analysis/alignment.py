@@ -16,11 +16,12 @@ import numpy as np
 import torch
 
 from adapters import WEIGHTS, Adapter, wrap
-from surgery.analysis.chance import CORRECTIONS, Null, correct, null_for
+from surgery.analysis.chance import Null, null_for
 from surgery.analysis.cosines import SearchSet, unit_rows
 from surgery.analysis.tables import Table
 from surgery.core.decomposition import RESIDUAL_SIDES, decompose
 from surgery.errors import SurgeryError
+from surgery.stats import CORRECTIONS, adjust_pvalues
 
 FAMILIES = ("set", "all")
 """set: correct within each embedding set (the question "where is this embedding?"); all: over every set at once."""
@@ -193,7 +194,7 @@ def _plan(adapter, weights, sides) -> list[tuple[str, str]]:
     if not plan:
         faces = "; ".join(f"{w}: {', '.join(RESIDUAL_SIDES[w])}" for w in weights)
         raise SurgeryError(f"no residual-facing side {sides!r} among weights {weights} ({faces}): "
-                         "only residual-facing sides can be compared with d_model embeddings")
+                           "only residual-facing sides can be compared with d_model embeddings")
     return plan
 
 
@@ -265,7 +266,7 @@ def _score_set(adapter, es, groups, top: int, null: Null, dtype, progress) -> li
     """Every group's singular vectors against one embedding set."""
     if es.vectors.shape[-1] != adapter.d_model:
         raise SurgeryError(f"embedding set {es.name!r} has vectors of length {es.vectors.shape[-1]}, "
-                         f"not d_model={adapter.d_model}")
+                           f"not d_model={adapter.d_model}")
     E = unit_rows(es.vectors, dtype)
     gram = (E.T @ E).double()  # sum_j e_j e_j^T, for the selectivity (in the analysis dtype: a 50k-row product)
     search = SearchSet(E)  # prepared once for all groups
@@ -314,12 +315,12 @@ def _correct(per_set: dict, correction: str, family: str) -> dict:
         sizes = {}
         for name, scored in per_set.items():
             p = np.concatenate([s.p for s in scored]) if scored else np.zeros(0)
-            _split_back(scored, correct(p, correction))
+            _split_back(scored, adjust_pvalues(p, correction))
             sizes[name] = p.size
         return sizes
     all_scored = [s for scored in per_set.values() for s in scored]
     p = np.concatenate([s.p for s in all_scored]) if all_scored else np.zeros(0)
-    _split_back(all_scored, correct(p, correction))
+    _split_back(all_scored, adjust_pvalues(p, correction))
     return {name: p.size for name in per_set}
 
 

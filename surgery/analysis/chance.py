@@ -24,11 +24,6 @@ from scipy import special, stats
 from surgery.analysis.cosines import extremes, unit_rows
 from surgery.errors import SurgeryError
 
-CORRECTIONS = ("holm", "bonferroni", "bh", "by", "none")
-"""holm: family-wise error, valid under any dependence (default). bonferroni: the same, cruder.
-bh: Benjamini-Hochberg false discovery rate. by: Benjamini-Yekutieli (FDR under any dependence).
-none: no correction."""
-
 
 # ---- one fixed vector: exact ---------------------------------------------------------------------
 def pair_pvalue(c, d: int):
@@ -166,24 +161,3 @@ def null_for(embeddings: torch.Tensor, draws: int | None = None, seed: int = 0, 
         _NULLS.clear()
     _NULLS[key] = null
     return null
-
-
-# ---- corrections -------------------------------------------------------------------------------
-def correct(p, method: str = "holm") -> np.ndarray:
-    """Adjusted p-values for one family of comparisons (see CORRECTIONS)."""
-    if method not in CORRECTIONS:
-        raise SurgeryError(f"correction={method!r} is not known; valid: {', '.join(map(repr, CORRECTIONS))}")
-    p = np.asarray(p, dtype=float)
-    m = p.size
-    if m == 0 or method == "none":
-        return p.copy()
-    if method == "bonferroni":
-        return np.minimum(1.0, p * m)
-    if method in ("bh", "by"):
-        return stats.false_discovery_control(p, method=method)
-    # Holm's step-down: the i-th smallest p times (m - i), made monotone, capped at 1.
-    order = np.argsort(p, kind="stable")
-    adjusted = np.minimum(1.0, np.maximum.accumulate(p[order] * (m - np.arange(m))))
-    out = np.empty(m)
-    out[order] = adjusted
-    return out

@@ -36,7 +36,7 @@ class Extremes:
         return torch.maximum(self.top[:, 0], -self.bottom[:, 0])
 
 
-def unit_rows(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def unit_rows(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Rows scaled to unit norm (all-zero rows stay zero: they align with nothing)."""
     x = x.detach().to(dtype)
     norm = x.norm(dim=-1, keepdim=True)

@@ -16,8 +16,6 @@ from adapters import WEIGHTS
 from surgery.analysis.alignment import Alignment, alignment
 from surgery.analysis.tables import Table
 
-SIDE_NAMES = {"in": "read side", "out": "write side"}
-
 
 def side_name(weight: str, side: str, short: bool = False) -> str:
     """"read side"/"write side"; QK has no write side: both read, the query ("in") and the key ("out")."""

@@ -24,7 +24,7 @@ from surgery.behaviour.envs import env_info
 from surgery.behaviour.metadata import DTMetadata
 from surgery.behaviour.policy import DTPolicy
 from surgery.behaviour.results_store import RESULTS_FILE, ResultsStore
-from surgery.errors import SurgeryError
+from surgery.errors import SurgeryError, load_first
 
 __all__ = ["evaluate", "evaluate_pair", "EpisodeRecord", "EvalResult", "episode_seed", "is_failure"]
 
@@ -148,28 +148,26 @@ class EvalResult:
 
 
 def _unwrap(model, metadata: DTMetadata | None):
-    """(HF DecisionTransformerModel, DTMetadata) from a model, an adapter (.model/.metadata) or a zoo name."""
+    """(HF DecisionTransformerModel, DTMetadata) from a model or an adapter (.model/.metadata)."""
     if isinstance(model, (str, os.PathLike)):
-        from surgery.loading import load  # zoo names and checkpoint directories, with their metadata
-
-        model = load(model, metadata=metadata)
+        raise load_first("evaluate", model)
     module = model if isinstance(model, torch.nn.Module) else getattr(model, "model", None)
     if metadata is None and not isinstance(model, torch.nn.Module):
         metadata = getattr(model, "metadata", None)
     needed = ("embed_timestep", "embed_state", "embed_action", "embed_return", "encoder", "predict_action")
     if not isinstance(module, torch.nn.Module) or not all(hasattr(module, a) for a in needed):
         raise SurgeryError(f"expected a transformers DecisionTransformerModel, or an adapter with .model holding one; "
-                         f"got {type(model).__name__}")
+                           f"got {type(model).__name__}")
     if metadata is None:
         raise SurgeryError("metadata= is required: a DTMetadata with env_id, state_dim, act_dim, state_mean/std, "
-                         "return_scale and context_len (surgery.behaviour.metadata.DTMetadata)")
+                           "return_scale and context_len (surgery.behaviour.metadata.DTMetadata)")
     config = module.config
     if (metadata.state_dim, metadata.act_dim) != (config.state_dim, config.act_dim):
         raise SurgeryError(f"metadata says state_dim={metadata.state_dim}, act_dim={metadata.act_dim} but the model "
-                         f"has state_dim={config.state_dim}, act_dim={config.act_dim}")
+                           f"has state_dim={config.state_dim}, act_dim={config.act_dim}")
     if metadata.discrete == bool(config.action_tanh):
         raise SurgeryError(f"metadata.discrete={metadata.discrete} but the model's action_tanh={config.action_tanh}: "
-                         "discrete models output logits (action_tanh=False), continuous ones tanh'd actions")
+                           "discrete models output logits (action_tanh=False), continuous ones tanh'd actions")
     return module, metadata
 
 
@@ -316,7 +314,7 @@ def evaluate(model, episodes: int = 100, seed: int = 0, target_return: float | N
              tag=None, env_kwargs: dict | None = None, trajectories: bool = False) -> EvalResult:
     """Play `episodes` episodes of a decision transformer, all in lockstep, and return their records.
 
-    model: a DecisionTransformerModel (with metadata=), an adapter with .model/.metadata, or a zoo name.
+    model: a DecisionTransformerModel (with metadata=) or an adapter with .model/.metadata (`surgery.load(NAME)`).
     target_return: return-to-go to condition on, in the environment's units (default: metadata's first).
     env: an environment id (default metadata.env_id) or a callable returning a gymnasium env.
     dtype: torch.float32, or torch.bfloat16 for the faster, less exact opt-in mode.

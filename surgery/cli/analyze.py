@@ -11,9 +11,9 @@ from surgery.errors import SurgeryError
 
 DEFAULT_OUT = Path("results") / "analysis"
 
+
 def register(subparsers) -> None:
-    from adapters import WEIGHTS
-    from surgery.analysis.chance import CORRECTIONS
+    from surgery.names import CORRECTIONS, METHODS, WEIGHTS
 
     p = subparsers.add_parser(
         "analyze", help="align every singular vector with every embedding set, against chance; write a report",
@@ -38,8 +38,8 @@ def register(subparsers) -> None:
     p.add_argument("--fold-ln", action="store_true", help="fold the preceding LayerNorm gain into the read side")
     p.add_argument("--dtype", choices=("auto", "float32", "float64"), default="auto",
                    help="precision of SVDs and cosines (auto: float64 for DT-sized models, else float32)")
-    p.add_argument("--method", help="route for the SVDs, passed to surgery.decompose (e.g. gram: faster for wide "
-                                    "models; default exact)")
+    p.add_argument("--method", choices=METHODS, help="route for the SVDs, passed to surgery.decompose (gram: "
+                                                     "faster for wide models; default exact)")
     p.add_argument("--metadata", help="metadata JSON for a decision-transformer checkpoint without metadata.json")
     p.add_argument("--out", type=Path, help=f"report directory (default {DEFAULT_OUT}/<model>)")
     p.add_argument("--no-report", action="store_true", help="print the summary only; write no files")

@@ -7,9 +7,7 @@ from pathlib import Path
 
 from surgery.cli.args import add_rollout_arguments, load_dt, non_negative_int, positive_int
 from surgery.errors import SurgeryError
-
-WEIGHTS = ("K", "V", "OV", "QK")
-EDIT_OPS = ("constant", "zero", "scale", "keep_top")
+from surgery.names import REMOVAL_OPS, SCALAR_OPS, SIDES, WEIGHTS
 
 
 def register(subparsers) -> None:
@@ -36,11 +34,11 @@ def _register_edit_eval(subparsers) -> None:
     p.add_argument("--weight", required=True, choices=WEIGHTS, help="K (MLP in), V (MLP out), OV or QK (per head)")
     p.add_argument("--idx", type=non_negative_int, default=0, help="singular triple, 0 = largest (default 0)")
     p.add_argument("--head", type=non_negative_int, help="attention head (OV and QK)")
-    p.add_argument("--op", choices=EDIT_OPS, default="constant",
+    p.add_argument("--op", choices=SCALAR_OPS, default="constant",
                    help="constant (the study's: the vector set to VALUE * ones, default 1/d_model), zero, "
                         "scale (the singular value times VALUE), keep_top (keep only the first VALUE triples)")
     p.add_argument("--value", type=float, help="the op's value (see --op)")
-    p.add_argument("--side", choices=("in", "out"),
+    p.add_argument("--side", choices=SIDES,
                    help="edit the read (in) or write (out) vector (default: the side facing the residual stream)")
     p.add_argument("--out", type=Path, help="output directory (default runs/edit-eval/MODEL-EDIT)")
     p.add_argument("--video", action="store_true", help="also render episode 0 with and without the edit side by "
@@ -49,8 +47,6 @@ def _register_edit_eval(subparsers) -> None:
 
 
 def _register_validate(subparsers) -> None:
-    from surgery.experiments.validate import OPS
-
     p = subparsers.add_parser(
         "validate", help="test the study's claim: edits of embedding-aligned singular vectors damage behaviour, "
                          "matched controls do not",
@@ -67,7 +63,7 @@ def _register_validate(subparsers) -> None:
     p.add_argument("--weights", nargs="+", choices=WEIGHTS, metavar="W",
                    help="take the aligned vectors from these weights only, e.g. --weights K for the study's "
                         "claim about K vectors (default: any of K V OV QK)")
-    p.add_argument("--op", choices=OPS, default="constant",
+    p.add_argument("--op", choices=REMOVAL_OPS, default="constant",
                    help="constant: the study's edit (VALUE * ones, default 1/d_model); zero: remove the triple")
     p.add_argument("--value", type=float, help="the constant (op constant only)")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")

@@ -6,7 +6,7 @@ import sys
 
 from surgery.errors import SurgeryError
 from surgery.lm.shapes import SHAPES
-from surgery.loading import DTYPES
+from surgery.names import DTYPE_NAMES, LM_EMBEDDINGS, METHODS, SIDES, WEIGHTS
 
 
 def register(subparsers) -> None:
@@ -18,35 +18,36 @@ def register(subparsers) -> None:
         p.add_argument("model", help="a local checkpoint directory or a model id in the local Hugging Face cache "
                                      f"(nothing is downloaded), or random:SHAPE ({', '.join(SHAPES)})")
         p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ... (default cpu)")
-        p.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="weight dtype (default: the checkpoint's)")
+        p.add_argument("--dtype", default=None, choices=DTYPE_NAMES, help="weight dtype (default: the checkpoint's)")
         p.add_argument("--blocks", type=int, default=None, help="random:SHAPE only: build this many blocks")
 
     s = sub.add_parser("scan", help="every block: top-k triples of K, V, OV, QK, their tokens and coherence")
     model_args(s)
     s.add_argument("--k", type=int, default=16, help="top triples per weight and head (default 16)")
     s.add_argument("--tokens", type=int, default=10, help="tokens per direction (default 10)")
-    s.add_argument("--method", default="gram", choices=["exact", "gram", "randomized", "auto"])
-    s.add_argument("--weights", nargs="+", default=["K", "V", "OV", "QK"], choices=["K", "V", "OV", "QK"])
-    s.add_argument("--embedding", default="token_out", choices=["token_in", "token_out"])
+    s.add_argument("--method", default="gram", choices=METHODS, help="SVD route (default gram)")
+    s.add_argument("--weights", nargs="+", default=list(WEIGHTS), choices=WEIGHTS, metavar="W",
+                   help=f"weights to scan, of {', '.join(WEIGHTS)} (default: all)")
+    s.add_argument("--embedding", default="token_out", choices=LM_EMBEDDINGS)
     s.add_argument("--out", default=None, help="write every vector's record as JSON here")
     s.set_defaults(func=_scan)
 
     t = sub.add_parser("tokens", help="the token table of one weight (one head for OV/QK)")
     model_args(t)
     t.add_argument("--block", type=int, required=True)
-    t.add_argument("--weight", required=True, choices=["K", "V", "OV", "QK"])
+    t.add_argument("--weight", required=True, choices=WEIGHTS)
     t.add_argument("--head", type=int, default=None)
-    t.add_argument("--side", default=None, choices=["in", "out"], help="default: the residual-facing side a patch edits")
+    t.add_argument("--side", default=None, choices=SIDES, help="default: the residual-facing side a patch edits")
     t.add_argument("--k", type=int, default=10, help="singular vectors shown (default 10)")
     t.add_argument("--tokens", type=int, default=10, help="tokens per direction (default 10)")
-    t.add_argument("--method", default="exact", choices=["exact", "gram", "randomized", "auto"])
-    t.add_argument("--embedding", default="token_out", choices=["token_in", "token_out"])
+    t.add_argument("--method", default="exact", choices=METHODS, help="SVD route (default exact)")
+    t.add_argument("--embedding", default="token_out", choices=LM_EMBEDDINGS)
     t.set_defaults(func=_tokens)
 
     w = sub.add_parser("width", help="compare models' best token cosines against chance (z-scores), any width")
     w.add_argument("models", nargs="+", help="checkpoint directories, cached model ids, or random:SHAPE")
     w.add_argument("--device", default="cpu")
-    w.add_argument("--dtype", default=None, choices=sorted(DTYPES))
+    w.add_argument("--dtype", default=None, choices=DTYPE_NAMES)
     w.add_argument("--blocks", type=int, default=2, help="analyse the first N blocks of each (default 2)")
     w.add_argument("--k", type=int, default=8, help="top triples per weight and head (default 8)")
     w.add_argument("--draws", type=int, default=None, help="Monte Carlo draws of the chance null")

@@ -25,15 +25,10 @@ from dataclasses import dataclass
 
 import torch
 
-from adapters import WEIGHTS, Adapter, wrap
+from adapters import Adapter, wrap
 from surgery.core import lowrank
 from surgery.errors import SurgeryError
-
-DEFAULT_SIDE = {"K": "in", "V": "out", "OV": "out", "QK": "in"}
-"""Which side a triple's sign is anchored on and a patch edits by default (the residual-facing one)."""
-
-RESIDUAL_SIDES = {"K": ("in",), "V": ("out",), "OV": ("in", "out"), "QK": ("in", "out")}
-"""Which sides of each weight face the residual stream (DESIGN.md)."""
+from surgery.names import DEFAULT_SIDE, RESIDUAL_SIDES, SIDES, WEIGHTS  # noqa: F401  (re-exported)
 
 
 @dataclass(frozen=True)
@@ -71,18 +66,18 @@ def check_location(adapter: Adapter, block, weight, head) -> None:
         raise SurgeryError(f"weight={weight!r} is not a weight name; valid: {', '.join(map(repr, WEIGHTS))}")
     if isinstance(block, bool) or not isinstance(block, int) or not 0 <= block < adapter.n_blocks:
         raise SurgeryError(f"block={block!r} is out of range: this model has {adapter.n_blocks} blocks "
-                         f"(valid: 0..{adapter.n_blocks - 1})")
+                           f"(valid: 0..{adapter.n_blocks - 1})")
     if weight in ("K", "V"):
         if head is not None:
             raise SurgeryError(f"head={head!r} given for weight {weight!r}, which is per block: use head=None")
     elif head is not None and (isinstance(head, bool) or not isinstance(head, int)
                                or not 0 <= head < adapter.n_heads):
         raise SurgeryError(f"head={head!r} is out of range: this model has {adapter.n_heads} heads "
-                         f"(valid: 0..{adapter.n_heads - 1}, or None for all)")
+                           f"(valid: 0..{adapter.n_heads - 1}, or None for all)")
 
 
 def check_side(side) -> str:
-    if side not in ("in", "out"):
+    if side not in SIDES:
         raise SurgeryError(f"side={side!r} is not a side; valid: 'in' (read side, U) or 'out' (write side, V)")
     return side
 

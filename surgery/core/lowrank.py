@@ -23,10 +23,7 @@ from __future__ import annotations
 import torch
 
 from surgery.errors import SurgeryError
-
-METHODS = ("exact", "gram", "randomized", "auto")
-"""exact: full SVD (QR-factored for OV/QK); gram: Gram-matrix eigendecomposition; randomized: randomised SVD;
-auto: randomized, then gram wherever its certificate exceeds AUTO_TOL (cheap on decaying spectra, safe on flat)."""
+from surgery.names import METHODS  # noqa: F401  (re-exported)
 
 AUTO_TOL = 1e-4
 """The residual (relative to S[0]) above which "auto" recomputes a weight by the gram route."""
@@ -57,7 +54,7 @@ def top_svd(factors, k: int, method: str = "gram", *, oversample: int = 10, n_it
     if method == "randomized":
         return randomized_svd(factors, k, oversample=oversample, n_iter=n_iter, seed=seed)
     raise SurgeryError(f"method={method!r} has no top-k route here; valid: 'gram', 'randomized' "
-                     f"(auto_svd for 'auto'; the exact route is surgery.decompose(method='exact'))")
+                       f"(auto_svd for 'auto'; the exact route is surgery.decompose(method='exact'))")
 
 
 def auto_svd(factors, k: int, tol: float = AUTO_TOL, **kwargs):

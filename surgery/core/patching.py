@@ -33,11 +33,7 @@ from surgery.core.decomposition import (
     factors,
 )
 from surgery.errors import SurgeryError
-
-OPS = ("constant", "zero", "scale", "replace", "keep_top")
-"""constant: set the vector to value * ones (the study's edit; default value 1/d_model).
-zero: remove the triple. scale: multiply its singular value by value. replace: set the vector to
-value (a 1-D tensor). keep_top: keep only the first value triples (idx is ignored)."""
+from surgery.names import OPS
 
 
 @dataclass(frozen=True)
@@ -204,7 +200,7 @@ def validate_edit(model, e: Edit) -> Edit:
             raise SurgeryError(f"op='replace' needs value=a vector of {dim} numbers, got {type(value).__name__}") from None
         if value.shape != (dim,):
             raise SurgeryError(f"op='replace' on the {side} side of {e.weight} needs a vector of shape ({dim},), "
-                             f"got shape {tuple(value.shape)}")
+                               f"got shape {tuple(value.shape)}")
         if not torch.isfinite(value).all():
             raise SurgeryError("op='replace' value has non-finite entries")
     return replace(e, side=side, value=value)
@@ -240,7 +236,7 @@ def _check_disjoint(adapter: Adapter, edits) -> None:
         idx = set(_indices(adapter, e))
         if seen.get(where, set()) & idx:
             raise SurgeryError(f"two edits touch the same singular triple of block {e.block} {e.weight}"
-                             f"{'' if e.head is None else f' head {e.head}'}; combine them into one edit")
+                               f"{'' if e.head is None else f' head {e.head}'}; combine them into one edit")
         seen.setdefault(where, set()).update(idx)
 
 

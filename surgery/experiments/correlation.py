@@ -9,6 +9,7 @@ import numpy as np
 from scipy import stats
 
 from surgery.errors import SurgeryError
+from surgery.stats import scipy_rng
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ def spearman(x, y, confidence: float = 0.95, method: str = "fisher-z", n_resampl
     # Pearson correlation of the fixed ranks, computed for all permutations at once.
     rx, ry = stats.rankdata(x), stats.rankdata(y)
     perm = stats.permutation_test((ry,), lambda b, axis=-1: _pearson(rx, b, axis), permutation_type="pairings",
-                                  vectorized=True, n_resamples=n_resamples, alternative="two-sided", **_rng(seed))
+                                  vectorized=True, n_resamples=n_resamples, alternative="two-sided", **scipy_rng(seed))
     p = float(perm.pvalue)
     if method == "fisher-z":
         if n < 4:
@@ -63,7 +64,7 @@ def spearman(x, y, confidence: float = 0.95, method: str = "fisher-z", n_resampl
             warnings.simplefilter("ignore")
             res = stats.bootstrap((x, y), lambda a, b: stats.spearmanr(a, b).statistic, paired=True,
                                   vectorized=False, confidence_level=confidence, n_resamples=n_resamples,
-                                  method="percentile", **_rng(seed))
+                                  method="percentile", **scipy_rng(seed))
         tail = 50 * (1 - confidence)
         low, high = np.nanpercentile(res.bootstrap_distribution, [tail, 100 - tail])
     else:
@@ -107,11 +108,3 @@ def greater(a, b) -> float:
     if a.size == 0 or b.size == 0:
         return float("nan")
     return float(stats.mannwhitneyu(a, b, alternative="greater").pvalue)
-
-
-def _rng(seed: int) -> dict:
-    """scipy's seeding keyword: `rng` from scipy 1.15, `random_state` before."""
-    import inspect
-
-    name = "rng" if "rng" in inspect.signature(stats.permutation_test).parameters else "random_state"
-    return {name: np.random.default_rng(seed)}

@@ -64,17 +64,17 @@ class EditEvaluation:
     def text(self) -> str:
         """A terminal summary: the two runs side by side, then the paired statistics."""
         s, c = self.settings, self.comparison
-        d, f = c["difference"], c["failures"]
-        b_rate, e_rate = c["baseline_failure_rate"], c["edited_failure_rate"]
+        d, f = c.difference, c.failures
+        b_rate, e_rate = c.baseline_failure_rate, c.edited_failure_rate
         km = self.survival()
         rows = [
-            ("return", _mean(c["baseline"]), _mean(c["edited"])),
+            ("return", _mean(c.baseline), _mean(c.edited)),
             ("failed", _rate(b_rate), _rate(e_rate)),
             ("median steps to failure", fmt(km["baseline"].median, 0), fmt(km["edited"].median, 0)),
         ]
         width = max(len(r[1]) for r in rows) + 2
         lines = [
-            f"{self.model['model']} ({self.model['env_id']}), {c['pairs']} paired episodes, seed {s['seed']}, "
+            f"{self.model['model']} ({self.model['env_id']}), {c.pairs} paired episodes, seed {s['seed']}, "
             f"target return {s['target_return']:g}, {s['dtype']}"
             + (f", max {s['max_steps']} steps" if s["max_steps"] else ""),
             f"edit: {self.label}",
@@ -87,8 +87,8 @@ class EditEvaluation:
             f"median {d.median_difference:+.1f}",
             f"  Wilcoxon signed-rank p = {fmt_p(d.p_wilcoxon)}, permutation p = {fmt_p(d.p_permutation)}; "
             f"rank-biserial {d.rank_biserial:+.2f}, Cohen's d_z {d.cohens_dz:+.2f}",
-            f"  failures: McNemar p = {fmt_p(f['p_mcnemar'])} ({f['only_edited_failed']} failed only when edited, "
-            f"{f['only_baseline_failed']} only in the baseline)",
+            f"  failures: McNemar p = {fmt_p(f.p_mcnemar)} ({f.only_edited_failed} failed only when edited, "
+            f"{f.only_baseline_failed} only in the baseline)",
             f"  {_verdict(d, f, self.settings['alpha'])}",
         ]
         if self.model.get("untrained"):
@@ -100,7 +100,7 @@ class EditEvaluation:
     def markdown(self) -> str:
         """The report as Markdown."""
         s, c = self.settings, self.comparison
-        d, f = c["difference"], c["failures"]
+        d, f = c.difference, c.failures
         km = self.survival()
         diff = d.mean_difference
         figures = [f"![{name}]({Path(p).name})" for name, p in self.files.items() if str(p).endswith(".png")]
@@ -112,15 +112,15 @@ class EditEvaluation:
             f"weights sha256 `{self.model['weights_sha256'][:16]}…`)"
             + (" — **untrained (random weights)**" if self.model.get("untrained") else "") + "."
             + (f" Notes: {self.model['notes']}" if self.model.get("notes") else ""),
-            f"{c['pairs']} episodes, run seed {s['seed']} (the same initial states with and without the edit), "
+            f"{c.pairs} episodes, run seed {s['seed']} (the same initial states with and without the edit), "
             f"target return {s['target_return']:g}, {s['dtype']}"
             + (f", episodes cut at {s['max_steps']} steps" if s["max_steps"] else "") + ".",
             "",
             "| | baseline | edited |",
             "|---|---|---|",
-            f"| mean return [95% CI] | {_mean(c['baseline'])} | {_mean(c['edited'])} |",
-            f"| median return | {c['baseline']['median']:.1f} | {c['edited']['median']:.1f} |",
-            f"| failed [Wilson 95% CI] | {_rate(c['baseline_failure_rate'])} | {_rate(c['edited_failure_rate'])} |",
+            f"| mean return [95% CI] | {_mean(c.baseline)} | {_mean(c.edited)} |",
+            f"| median return | {c.baseline['median']:.1f} | {c.edited['median']:.1f} |",
+            f"| failed [Wilson 95% CI] | {_rate(c.baseline_failure_rate)} | {_rate(c.edited_failure_rate)} |",
             f"| median steps to failure (Kaplan-Meier) | {fmt(km['baseline'].median, 0)} "
             f"| {fmt(km['edited'].median, 0)} |",
             "",
@@ -130,8 +130,8 @@ class EditEvaluation:
             f"median {d.median_difference:+.1f}",
             f"- Wilcoxon signed-rank p = {fmt_p(d.p_wilcoxon)}; paired permutation p = {fmt_p(d.p_permutation)}",
             f"- effect sizes: matched-pairs rank-biserial {d.rank_biserial:+.2f}, Cohen's d_z {d.cohens_dz:+.2f}",
-            f"- failures: exact McNemar p = {fmt_p(f['p_mcnemar'])} ({f['only_edited_failed']} episodes failed only "
-            f"when edited, {f['only_baseline_failed']} only in the baseline)",
+            f"- failures: exact McNemar p = {fmt_p(f.p_mcnemar)} ({f.only_edited_failed} episodes failed only "
+            f"when edited, {f.only_baseline_failed} only in the baseline)",
             f"- **{_verdict(d, f, s['alpha'])}**",
             "",
             *figures,
@@ -154,7 +154,7 @@ def edit_eval(model, edit, *, episodes: int = 200, seed: int = 0, target_return:
     out: a directory for the two results stores (resumable), the report, the figures and the video.
     video: also render episode 0 with and without the edit side by side (out/video.gif, video.mp4).
     """
-    adapter, source = adapter_with_metadata(model, source)
+    adapter = adapter_with_metadata(model, "edit_eval")
     specs = list(edit) if isinstance(edit, (list, tuple)) else [edit]
     edit_list = [validate_edit(adapter, as_edit(e)) for e in specs]
     patch = Patch(adapter.model, edit_list)  # validates every edit before anything runs
@@ -202,16 +202,16 @@ def _rate(f) -> str:
     return f"{f.failures}/{f.episodes} ({100 * r.value:.0f}% [{100 * r.low:.0f}, {100 * r.high:.0f}])"
 
 
-def _verdict(d, failures: dict, alpha: float) -> str:
+def _verdict(d, failures, alpha: float) -> str:
     """One sentence: did the edit change the return / the failures, at level alpha."""
     ret = d.p_wilcoxon < alpha
-    fail = failures["p_mcnemar"] < alpha
+    fail = failures.p_mcnemar < alpha
     if not ret and not fail:
         return f"no significant change in return or failures at alpha {alpha:g}"
     parts = []
     if ret:
         parts.append("return " + ("lowered" if d.mean_difference.value < 0 else "raised"))
     if fail:
-        more = failures["only_edited_failed"] > failures["only_baseline_failed"]
+        more = failures.only_edited_failed > failures.only_baseline_failed
         parts.append("failures " + ("increased" if more else "decreased"))
     return " and ".join(parts) + f" significantly (alpha {alpha:g}, not corrected for other edits)"

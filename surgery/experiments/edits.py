@@ -4,8 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from surgery.core.patching import Edit
-
-SIDE_WORDS = {"in": "read side", "out": "write side"}
+from surgery.names import SIDE_WORDS
 
 
 def tag(edit: Edit) -> dict:

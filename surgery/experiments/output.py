@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from surgery.errors import SurgeryError
+from surgery.errors import SurgeryError, load_first
 
 
 def _umask() -> int:
@@ -83,19 +83,17 @@ def to_json(x) -> str:
     return json.dumps(jsonable(x), indent=2, allow_nan=False) + "\n"
 
 
-def adapter_with_metadata(model, source=None):
-    """(adapter with DT metadata, the name to report) from an adapter, a zoo name or a checkpoint directory."""
-    from surgery.loading import load
+def adapter_with_metadata(model, what: str):
+    """The adapter of a loaded decision transformer that carries its metadata (env, normalisation, return scale)."""
+    from adapters import wrap
 
     if isinstance(model, (str, os.PathLike)):
-        source = source or str(model)
-        model = load(model)
-    elif not hasattr(model, "metadata"):
-        model = load(model)
-    if getattr(model, "metadata", None) is None:
+        raise load_first(what, model)
+    adapter = wrap(model)
+    if getattr(adapter, "metadata", None) is None:
         raise SurgeryError("the model has no decision-transformer metadata (env_id, state mean/std, return scale, "
-                         "context length): load it with surgery.load(..., metadata=...)")
-    return model, source
+                           "context length): load it with surgery.load(..., metadata=...)")
+    return adapter
 
 
 def model_identity(adapter, source) -> dict:

@@ -109,7 +109,7 @@ def choose_targets(location, adapter, top: int = 5, controls: int | None = None,
             candidates = [t for t in candidates if t.key() not in chosen]
             if not candidates:
                 raise SurgeryError(f"no unaligned vector is left to match aligned vector {j % len(aligned)} "
-                                 f"({_where(a)}) for a {group} control; ask for fewer controls")
+                                   f"({_where(a)}) for a {group} control; ask for fewer controls")
             best = min(candidates, key=lambda t: (abs(_log(t.energy) - _log(a.energy)), t.abs_cos))
             chosen.add(best.key())
             plan.append(Target(**{**best.to_dict(), "group": group, "matched_to": j % len(aligned)}))

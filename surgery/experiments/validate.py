@@ -23,8 +23,8 @@ from surgery.experiments import verdict as verdicts
 from surgery.experiments.correlation import Correlation, partial_spearman, spearman
 from surgery.experiments.output import adapter_with_metadata, model_identity, save_figure, to_json, write_atomic
 from surgery.experiments.selection import GROUPS, Target, choose_targets
+from surgery.names import REMOVAL_OPS
 
-OPS = ("constant", "zero")
 """constant: the study's edit (the vector set to value * ones, default 1/d_model). zero: the triple removed."""
 PLAN_FILE, REPORT_JSON, REPORT_MD = "plan.json", "validate.json", "validate.md"
 PREFIX = {"aligned": "A", "control_same": "S", "control_other": "O"}
@@ -53,13 +53,13 @@ class EditOutcome:
     @property
     def damage(self) -> stats.Estimate:
         """Mean return drop, baseline - edited on the same seeds, with its bootstrap CI (positive = harm)."""
-        d = self.comparison["difference"].mean_difference
+        d = self.comparison.difference.mean_difference
         return stats.Estimate(0.0 - d.value, 0.0 - d.high, 0.0 - d.low, d.confidence)  # 0.0 - x: no "-0.0"
 
     @property
     def failure_increase(self) -> float:
         c = self.comparison
-        return c["edited_failure_rate"].rate.value - c["baseline_failure_rate"].rate.value
+        return c.edited_failure_rate.rate.value - c.baseline_failure_rate.rate.value
 
     def to_dict(self) -> dict:
         c = self.comparison
@@ -67,11 +67,11 @@ class EditOutcome:
             "name": self.name, "group": self.target.group, "target": self.target.to_dict(),
             "edit": edit_specs.tag(self.edit), "label": edit_specs.label(self.edit),
             "damage": self.damage, "failure_increase": self.failure_increase,
-            "p_permutation": c["difference"].p_permutation, "p_wilcoxon": c["difference"].p_wilcoxon,
+            "p_permutation": c.difference.p_permutation, "p_wilcoxon": c.difference.p_wilcoxon,
             "p_adj": self.p_adj,
-            "p_mcnemar": c["failures"]["p_mcnemar"], "p_adj_failures": self.p_adj_failures,
-            "rank_biserial": c["difference"].rank_biserial, "cohens_dz": c["difference"].cohens_dz,
-            "edited": c["edited"], "edited_failure_rate": c["edited_failure_rate"],
+            "p_mcnemar": c.failures.p_mcnemar, "p_adj_failures": self.p_adj_failures,
+            "rank_biserial": c.difference.rank_biserial, "cohens_dz": c.difference.cohens_dz,
+            "edited": c.edited, "edited_failure_rate": c.edited_failure_rate,
             "median_steps_to_failure": self.result.survival().median,
         }
 
@@ -136,15 +136,15 @@ def validate(model, embedding: str = "action_out", *, top: int = 5, controls: in
     """
     from tqdm.auto import tqdm
 
-    if op not in OPS:
-        raise SurgeryError(f"op={op!r} is not a validate edit; valid: {', '.join(map(repr, OPS))}")
+    if op not in REMOVAL_OPS:
+        raise SurgeryError(f"op={op!r} is not a validate edit; valid: {', '.join(map(repr, REMOVAL_OPS))}")
     if op == "zero" and value is not None:
         raise SurgeryError("op='zero' takes no value")
     if correction not in ("holm", "bh"):
         raise SurgeryError(f"correction={correction!r} is not known; valid: 'holm', 'bh'")
     if not 0 < alpha < 1:
         raise SurgeryError(f"alpha={alpha!r} must be between 0 and 1")
-    adapter, source = adapter_with_metadata(model, source)
+    adapter = adapter_with_metadata(model, "validate")
     out = None if out is None else Path(out)
     settings = {
         "embedding": embedding, "top": top, "controls": controls, "weights": None if weights is None else list((weights,) if isinstance(weights, str) else weights),
@@ -176,8 +176,8 @@ def validate(model, embedding: str = "action_out", *, top: int = 5, controls: in
             bar.update(1)
     finally:
         bar.close()
-    returns = [o.comparison["difference"].p_permutation for o in outcomes]
-    failures = [o.comparison["failures"]["p_mcnemar"] for o in outcomes]
+    returns = [o.comparison.difference.p_permutation for o in outcomes]
+    failures = [o.comparison.failures.p_mcnemar for o in outcomes]
     for raw, attr in ((returns, "p_adj"), (failures, "p_adj_failures")):
         for o, p in zip(outcomes, stats.adjust_pvalues(raw, correction)):
             setattr(o, attr, float(p))

@@ -17,7 +17,7 @@ def _rows(v) -> list[list[str]]:
     rows = [header]
     for o in v.outcomes:
         t, d, c = o.target, o.damage, o.comparison
-        f = c["edited_failure_rate"]
+        f = c.edited_failure_rate
         rows.append([
             o.name, GROUP_WORDS[t.group], edit_specs.short_label(o.edit), t.label, f"{t.abs_cos:.3f}",
             fmt_p(t.p_adj), f"{t.energy:.3f}", f"{d.value:.1f} [{d.low:.1f}, {d.high:.1f}]", fmt_p(o.p_adj),

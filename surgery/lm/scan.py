@@ -16,10 +16,11 @@ import torch
 from tqdm.auto import tqdm
 
 from adapters import WEIGHTS, wrap
+from surgery.analysis.cosines import unit_rows
 from surgery.core import lowrank
 from surgery.core.decomposition import RESIDUAL_SIDES, decompose
 from surgery.errors import SurgeryError
-from surgery.lm.semantic import CoherenceNull, TokenTable, score_vectors, unit_rows
+from surgery.lm.semantic import CoherenceNull, TokenTable, score_vectors
 
 
 @dataclass

@@ -18,18 +18,12 @@ from dataclasses import dataclass
 import torch
 
 from adapters import wrap
+from surgery.analysis.cosines import unit_rows
 from surgery.core.decomposition import DEFAULT_SIDE, SVD, check_side, decompose
 from surgery.errors import SurgeryError
 
 NULLS = ("directions", "tokens")
 """directions: top-n sets of random unit directions (selection-matched, default); tokens: random token sets."""
-
-
-def unit_rows(E: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Rows scaled to unit norm (zero rows stay zero), in `dtype`."""
-    E = E.detach().to(dtype)
-    n = torch.linalg.vector_norm(E, dim=-1, keepdim=True)
-    return E / torch.where(n > 0, n, torch.ones_like(n))
 
 
 def top_tokens(vectors: torch.Tensor, E_unit: torch.Tensor, n: int = 10, chunk: int = 8192):
@@ -169,7 +163,7 @@ def token_table(model, block: int, weight: str, head: int | None = None, *, embe
     es = sets[embedding]
     if side == "in" and weight == "V" or side == "out" and weight == "K":
         raise SurgeryError(f"the {side} side of {weight} lives in the MLP's hidden space, not the residual stream; "
-                         f"valid side for {weight}: {'in' if weight == 'K' else 'out'}")
+                           f"valid side for {weight}: {'in' if weight == 'K' else 'out'}")
     if svd is None:
         rank = adapter.rank(weight)
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= rank:

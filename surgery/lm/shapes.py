@@ -1,10 +1,7 @@
 """GPT-2 / GPT-J of published shapes with random weights (benchmarks, width comparisons); real ones: surgery.load."""
 from __future__ import annotations
 
-import torch
-
 from surgery.errors import SurgeryError
-from surgery.loading import parse_dtype
 
 SHAPES = {  # name: (model_type, d_model, n_heads, d_mlp, n_blocks, vocab)
     "gpt2-small": ("gpt2", 768, 12, 3072, 12, 50257),
@@ -16,14 +13,17 @@ SHAPES = {  # name: (model_type, d_model, n_heads, d_mlp, n_blocks, vocab)
 """The published shapes, for models with random weights (benchmarks, the width comparison)."""
 
 
-def random_lm(shape: str, n_blocks: int | None = None, device="cpu", dtype=torch.float32, seed: int = 0):
+def random_lm(shape: str, n_blocks: int | None = None, device="cpu", dtype="float32", seed: int = 0):
     """A GPT-2/GPT-J of a published shape with N(0, 0.02) weights, allocated straight in `dtype` on `device`.
 
     `n_blocks` (default: the shape's) lets a one-block model stand in for a full one that would not
     fit (GPT-J-6B in float32 is 24 GB). No float32 detour: GPT-J in bf16 costs 12 GB, not 36.
     The rotary tables are left unset: for weight analysis only, not for running the forward.
     """
+    import torch
     import transformers as tf
+
+    from surgery.core.dtypes import parse_dtype
 
     if shape not in SHAPES:
         raise SurgeryError(f"shape={shape!r} is not known; valid: {', '.join(SHAPES)}")
@@ -48,6 +48,8 @@ def random_lm(shape: str, n_blocks: int | None = None, device="cpu", dtype=torch
 
 def randomize(model, seed: int = 0) -> None:
     """Redraw weights N(0, 0.02) (HF's GPT init scale), LayerNorm gains 1, biases 0, in place."""
+    import torch
+
     g = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():

@@ -13,10 +13,12 @@ import numpy as np
 import torch
 
 from adapters import wrap
-from surgery.analysis.chance import correct, null_for
+from surgery.analysis.chance import null_for
+from surgery.analysis.cosines import unit_rows
 from surgery.core.decomposition import RESIDUAL_SIDES, decompose
 from surgery.errors import SurgeryError
-from surgery.lm.semantic import top_tokens, unit_rows
+from surgery.lm.semantic import top_tokens
+from surgery.stats import adjust_pvalues
 
 
 def width_rows(model, weights=("K", "V", "OV"), blocks=None, k: int = 8, method: str = "gram",
@@ -50,7 +52,7 @@ def width_rows(model, weights=("K", "V", "OV"), blocks=None, k: int = 8, method:
 def summarize(rows: list[dict], alpha: float = 0.01) -> dict:
     """Per weight: median best |cos|, the chance mean, median z, and the share beyond chance (raw and Holm-corrected)."""
     out = {}
-    p_adj = correct(np.array([r["p"] for r in rows]), "holm") if rows else np.array([])
+    p_adj = adjust_pvalues(np.array([r["p"] for r in rows]), "holm") if rows else np.array([])
     for w in dict.fromkeys(r["weight"] for r in rows):
         sel = [i for i, r in enumerate(rows) if r["weight"] == w]
         cos = np.array([rows[i]["best_cos"] for i in sel])
