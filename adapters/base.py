@@ -1,7 +1,6 @@
 """The common interface every architecture adapter provides: dimensions, weights, embeddings, hooks."""
 from __future__ import annotations
 
-import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Iterator, Mapping, Sequence
@@ -65,6 +64,12 @@ class Adapter:
     model_classes: ClassVar[tuple[str, ...]] = ()
     """Class names (anywhere in the model's MRO) that this adapter wraps."""
 
+    hook_table: ClassVar[Mapping[str, tuple]] = {}
+    """Where each hook point lives: name -> (path, "pre" for the module's input | "post" for its output).
+
+    Names in BLOCK_HOOKS are paths inside a block (`blocks()[i]`; "" is the block itself), "embed" and
+    "final" paths inside `hook_root()`. A path may be a tuple of alternatives: the first the model has."""
+
     # Declared by subclasses in __init__.
     n_blocks: int
     n_heads: int
@@ -76,12 +81,6 @@ class Adapter:
         self.model = model
         self.metadata = None  # a zoo's DTMetadata, set by the loader for decision transformers
         self.tokenizer = None  # an LM's tokenizer, if the user has one (labels tokens)
-        # State shared by everything that operates on this model; one Adapter per model object.
-        self.lock = threading.RLock()
-        self.patch_stack: list = []
-        self.svd_cache: dict = {}
-        self.version_aliases: dict = {}
-        self.scratch: dict = {}  # spare buffers patches save weights into (clear() to free the memory)
 
     @classmethod
     def matches(cls, model) -> bool:
@@ -115,23 +114,31 @@ class Adapter:
         """The embedding sets this model has, by DESIGN.md name."""
         raise NotImplementedError
 
-    def hook_modules(self) -> dict[str, tuple[nn.Module, str]]:
-        """Hook point name -> (module, "pre" for its input | "post" for its output)."""
-        raise NotImplementedError
+    def hook_root(self) -> nn.Module:
+        """The module that the "embed" and "final" paths of `hook_table` are relative to."""
+        return self.model
 
     # ---- shared helpers -------------------------------------------------------------------------
-    def block_hook_modules(self, i: int, block: nn.Module, mlp: nn.Module, attn: nn.Module,
-                           act: nn.Module) -> dict[str, tuple[nn.Module, str]]:
-        """The per-block hook points, the same for every GPT-style block."""
-        p = f"blocks.{i}."
-        return {
-            p + "resid_pre": (block, "pre"),
-            p + "attn_out": (attn, "post"),
-            p + "mlp_in": (mlp, "pre"),
-            p + "mlp_hidden": (act, "post"),
-            p + "mlp_out": (mlp, "post"),
-            p + "resid_post": (block, "post"),
-        }
+    def hook_modules(self) -> dict[str, tuple[nn.Module, str]]:
+        """Hook point name -> (module, "pre" | "post"), resolved from `hook_table`: embed, every block's, final."""
+        table = self.hook_table
+        points = {"embed": (self.hook_module(None, table["embed"][0]), table["embed"][1])}
+        for i in range(self.n_blocks):
+            for point in BLOCK_HOOKS:
+                path, kind = table[point]
+                points[f"blocks.{i}.{point}"] = (self.hook_module(i, path), kind)
+        points["final"] = (self.hook_module(None, table["final"][0]), table["final"][1])
+        return points
+
+    def hook_module(self, block: int | None, path) -> nn.Module:
+        """The module at `path` inside block `block` (None: inside `hook_root()`); a tuple: the first that exists."""
+        root = self.hook_root() if block is None else self.blocks()[block]
+        for p in (path,) if isinstance(path, str) else path:
+            try:
+                return root.get_submodule(p)
+            except AttributeError:
+                continue
+        raise AttributeError(f"{type(root).__name__} has none of the modules {path!r}")
 
     def rank(self, weight: str) -> int:
         """Number of singular triples of a weight."""

@@ -47,8 +47,7 @@ class DecisionTransformerAdapter(GPT2Blocks):
         }
         return {name: EmbeddingSet(name, w.detach(), labels, side) for name, (w, labels, side) in table.items()}
 
-    def hook_modules(self):
+    def hook_root(self):
         # "embed" is the residual stream entering block 0: the layer-normed (R, s, a) token
         # sequence plus the encoder's position-0 embedding, as for every architecture.
-        enc = self.model.encoder
-        return {"embed": (enc.drop, "post"), **self._block_hooks(), "final": (enc.ln_f, "post")}
+        return self.model.encoder

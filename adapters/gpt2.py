@@ -1,6 +1,8 @@
 """GPT-2 (`GPT2LMHeadModel`, `GPT2Model`): HF Conv1D weights are already stored `[in, out]`."""
 from __future__ import annotations
 
+from einops import rearrange
+
 from adapters.base import Adapter, EmbeddingSet, LazyLabels
 from adapters.registry import register
 
@@ -10,6 +12,17 @@ class GPT2Blocks(Adapter):
 
     Shared by GPT-2 and the decision transformer, whose encoder is a GPT-2.
     """
+
+    hook_table = {
+        "embed": ("drop", "post"),  # token (+ position) embeddings after dropout: the stream entering block 0
+        "resid_pre": ("", "pre"),
+        "attn_out": ("attn", "post"),
+        "mlp_in": ("mlp", "pre"),
+        "mlp_hidden": ("mlp.act", "post"),
+        "mlp_out": ("mlp", "post"),
+        "resid_post": ("", "post"),
+        "final": ("ln_f", "post"),
+    }
 
     def _declare(self, n_layer: int, n_head: int, d_model: int, n_inner: int | None) -> None:
         self.n_blocks = n_layer
@@ -26,24 +39,27 @@ class GPT2Blocks(Adapter):
 
     def attn_weights(self, block):
         attn = self.blocks()[block].attn
-        d, h, dh = self.d_model, self.n_heads, self.d_head
+        d, h = self.d_model, self.n_heads
         # c_attn is fused [d_model, 3*d_model]: columns are Q | K | V, each split into heads.
         qkv = attn.c_attn.weight
-        split = {n: qkv[:, i * d:(i + 1) * d].unflatten(1, (h, dh)).permute(1, 0, 2)
+        split = {n: _view(qkv[:, i * d:(i + 1) * d], "d (h dh) -> h d dh", h=h)
                  for i, n in enumerate(("W_Q", "W_K", "W_V"))}
         # c_proj is [d_model(in), d_model(out)]: head h owns rows h*d_head:(h+1)*d_head.
-        split["W_O"] = attn.c_proj.weight.unflatten(0, (h, dh))
+        split["W_O"] = _view(attn.c_proj.weight, "(h dh) d -> h dh d", h=h)
         return split
 
     def ln_before(self, block, weight):
         b = self.blocks()[block]
         return {"K": b.ln_2, "OV": b.ln_1, "QK": b.ln_1, "V": None}[weight]
 
-    def _block_hooks(self) -> dict:
-        points = {}
-        for i, b in enumerate(self.blocks()):
-            points.update(self.block_hook_modules(i, b, b.mlp, b.attn, b.mlp.act))
-        return points
+
+
+def _view(weight, pattern: str, **sizes):
+    """`einops.rearrange` that must return a view: edits through it have to reach the parameter."""
+    out = rearrange(weight, pattern, **sizes)
+    if out.untyped_storage().data_ptr() != weight.untyped_storage().data_ptr():
+        raise AssertionError(f"{pattern} made a copy of the weight; a patch through it would change nothing")
+    return out
 
 
 @register
@@ -79,6 +95,6 @@ class GPT2Adapter(GPT2Blocks):
             sets["token_out"] = EmbeddingSet("token_out", w.detach(), self._token_labels(w.shape[0]), "out")
         return sets
 
-    def hook_modules(self):
-        return {"embed": (self._body.drop, "post"), **self._block_hooks(), "final": (self._body.ln_f, "post")}
+    def hook_root(self):
+        return self._body
 

@@ -1,7 +1,7 @@
 """GPT-J (`GPTJForCausalLM`, `GPTJModel`): `nn.Linear` weights are stored `[out, in]` and transposed here."""
 from __future__ import annotations
 
-from adapters.gpt2 import GPT2Adapter
+from adapters.gpt2 import GPT2Adapter, _view
 from adapters.registry import register
 
 
@@ -23,12 +23,12 @@ class GPTJAdapter(GPT2Adapter):
 
     def attn_weights(self, block):
         attn = self.blocks()[block].attn
-        h, dh = self.n_heads, self.d_head
+        h = self.n_heads
         # q/k/v_proj: Linear [d_model(out), d_model(in)]; head h owns output rows h*d_head:(h+1)*d_head.
-        split = {n: getattr(attn, p).weight.unflatten(0, (h, dh)).transpose(1, 2)
+        split = {n: _view(getattr(attn, p).weight, "(h dh) d -> h d dh", h=h)
                  for n, p in (("W_Q", "q_proj"), ("W_K", "k_proj"), ("W_V", "v_proj"))}
         # out_proj: Linear [d_model(out), d_model(in)]; head h owns input columns h*d_head:(h+1)*d_head.
-        split["W_O"] = attn.out_proj.weight.unflatten(1, (h, dh)).permute(1, 2, 0)
+        split["W_O"] = _view(attn.out_proj.weight, "d (h dh) -> h dh d", h=h)
         return split
 
     def ln_before(self, block, weight):

@@ -43,10 +43,7 @@ def supported() -> list[str]:
 
 
 def wrap(model) -> Adapter:
-    """The adapter for a model object; the same adapter every time for the same object.
-
-    Sharing one adapter per model is what makes patch stacks, locks and SVD caches per-model.
-    """
+    """The adapter for a model object; the same adapter every time for the same object (and its metadata)."""
     if isinstance(model, Adapter):
         return model
     if isinstance(model, (str, os.PathLike)):

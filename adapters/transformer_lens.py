@@ -43,6 +43,22 @@ class TransformerLensAdapter(Adapter):
 
     model_classes = ("TransformerBridge", "HookedTransformer")
 
+    # TL's HookPoints are identity modules in the data path: a forward hook's return value replaces the
+    # activation, exactly as a "post" point expects. Names are TL's hook_dict names.
+    hook_table = {
+        "embed": ("blocks.0.hook_resid_pre", "post"),
+        "resid_pre": ("hook_resid_pre", "post"),
+        "attn_out": ("hook_attn_out", "post"),
+        # The MLP's input is its LayerNorm's output, gain and bias applied. The bridge hooks it as mlp.hook_in;
+        # HookedTransformer's ln.hook_normalized fires before the gain, so there hook the LayerNorm itself
+        # (ln2, or ln1 in a parallel block, which has no ln2).
+        "mlp_in": (("mlp.hook_in", "ln2", "ln1"), "post"),
+        "mlp_hidden": ("mlp.hook_post", "post"),
+        "mlp_out": ("hook_mlp_out", "post"),
+        "resid_post": ("hook_resid_post", "post"),
+        "final": (("ln_final.hook_out", "ln_final"), "post"),
+    }
+
     def __init__(self, model):
         super().__init__(model)
         c = model.cfg
@@ -87,27 +103,14 @@ class TransformerLensAdapter(Adapter):
             "token_out": EmbeddingSet("token_out", W_U.detach().T, LazyLabels(W_U.shape[1], label), "out"),
         }
 
-    def hook_modules(self):
-        # TL's HookPoints are identity modules in the data path: a forward hook's return value replaces
-        # the activation, exactly as the base class expects of a "post" point.
+    def hook_module(self, block, path):
+        """A TL hook point by its hook_dict name (`blocks.{i}.` + path), else the module at that path."""
         hp = self.model.hook_dict
-        points = {"embed": (hp["blocks.0.hook_resid_pre"], "post")}
-        for i, b in enumerate(self.blocks()):
-            p = f"blocks.{i}."
-            # The MLP's input is its LayerNorm's output, gain and bias applied. The bridge hooks it as
-            # mlp.hook_in; HookedTransformer's ln.hook_normalized fires before the gain, so hook the LayerNorm.
-            ln = b.ln2 if not self.parallel and hasattr(b, "ln2") else b.ln1
-            mlp_in = hp[p + "mlp.hook_in"] if p + "mlp.hook_in" in hp else ln
-            points.update({
-                p + "resid_pre": (hp[p + "hook_resid_pre"], "post"),
-                p + "attn_out": (hp[p + "hook_attn_out"], "post"),
-                p + "mlp_in": (mlp_in, "post"),
-                p + "mlp_hidden": (hp[p + "mlp.hook_post"], "post"),
-                p + "mlp_out": (hp[p + "hook_mlp_out"], "post"),
-                p + "resid_post": (hp[p + "hook_resid_post"], "post"),
-            })
-        points["final"] = (hp["ln_final.hook_out"] if "ln_final.hook_out" in hp else self.model.ln_final, "post")
-        return points
+        for p in (path,) if isinstance(path, str) else path:
+            name = p if block is None else f"blocks.{block}.{p}"
+            if name in hp:
+                return hp[name]
+        return super().hook_module(block, path)
 
 
 def _gain_of(ln):

@@ -33,6 +33,7 @@ import surgery  # noqa: E402
 from surgery.analysis import chance  # noqa: E402
 from surgery.analysis.alignment import alignment  # noqa: E402
 from surgery.analysis.cosines import extremes, unit_rows  # noqa: E402
+from surgery.core.state import state
 
 
 def _time(fn) -> float:
@@ -119,7 +120,7 @@ def bench_parts(repeats: int) -> None:
 
     # OV: factored (what decompose does) against a dense SVD of each head's 768 x 768 product.
     def factored():
-        ad.svd_cache.clear()
+        state(ad).svd_cache.clear()
         for b in range(ad.n_blocks):
             surgery.decompose(ad, b, "OV", dtype=f32)
 
@@ -144,7 +145,7 @@ def bench_parts(repeats: int) -> None:
         kw = {} if m == "exact" else {"method": m}
 
         def kv():
-            ad.svd_cache.clear()
+            state(ad).svd_cache.clear()
             surgery.decompose(ad, 0, "K", dtype=f32, **kw)
             surgery.decompose(ad, 0, "V", dtype=f32, **kw)
 

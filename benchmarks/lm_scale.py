@@ -30,6 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from surgery.core.state import state
 from surgery.lm.shapes import SHAPES, random_lm, randomize  # noqa: E402
 
 
@@ -134,7 +135,7 @@ def agreement(shape, device, k, dtype, weight_dtype):
             ang = subspace_angles(fast.U, exact.U).max().item()
             rel = ((fast.S - exact.S).abs() / exact.S).max().item()
             out[(w, m)] = (ang, rel)
-        surgery.wrap(model).svd_cache.clear()
+        state(model).svd_cache.clear()
     return out
 
 

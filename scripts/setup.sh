@@ -11,5 +11,7 @@ python -m pip install -q --upgrade pip 2>&1 | { grep -v "^WARNING: Location" || 
 # constraints.txt pins torch==2.13.0 (the CPU build on this machine's disk); a loose torch pulls CUDA.
 # (This machine's pip config names package folders that may be absent: those warnings are filtered;
 # pipefail keeps a failed install fatal.)
-python -m pip install -q -c constraints.txt -e ".[${extras}]" 2>&1 | { grep -v "^WARNING: Location" || true; }
+# setuptools reports an editable install as a UserWarning box; the install itself still fails loudly.
+PYTHONWARNINGS=ignore::UserWarning python -m pip install -q -c constraints.txt -e ".[${extras}]" 2>&1 \
+  | { grep -v "^WARNING: Location" || true; }
 python -c "import torch, surgery; print(f'set up: torch {torch.__version__}, surgery from {surgery.__file__}')"

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import surgery
+from surgery.core.state import state
 from surgery.lm import scan as lm_scan
 from tests.conftest import build
 
@@ -21,7 +22,7 @@ def test_scan_covers_every_weight_head_and_side(kind):
     assert {(t.weight, t.side) for t in res.tables} == {("K", "in"), ("V", "out"), ("OV", "in"), ("OV", "out"),
                                                           ("QK", "in"), ("QK", "out")}
     assert all(t.pos_ids.shape == (3, 4) for t in res.tables)
-    assert a.svd_cache == {}  # nothing left behind: one block's temporaries at a time
+    assert state(a).svd_cache == {}  # nothing left behind: one block's temporaries at a time
     assert max(res.max_residual.values()) < 1e-10  # the gram route in float64
     doc = json.loads(res.to_json())
     assert len(doc["vectors"]) == len(res.tables) * 3 and set(doc["summary"]) == {"K", "V", "OV", "QK"}

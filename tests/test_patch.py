@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 import surgery
 import surgery.core.patching as patching
 from surgery import Edit, Patch, patch
+from surgery.core.state import state
 from tests.conftest import assert_bitwise_equal, build, example_inputs, outputs, snapshot
 from tests.reference import reference_matrix
 
@@ -123,7 +124,7 @@ def test_restore_is_bitwise_after_exit_exception_and_interrupt(any_model):
                 raise exc
         assert_bitwise_equal(any_model, snap)
     assert [id(p) for p in any_model.parameters()] == params
-    assert surgery.wrap(any_model).patch_stack == []
+    assert state(any_model).patch_stack == []
 
 
 def test_a_patch_changes_the_model_while_applied(any_model):
@@ -153,9 +154,9 @@ def test_ctrl_c_during_apply_rolls_back(monkeypatch):
             pytest.fail("the body must not run")
     assert len(calls) == 2  # both edits completed before the interrupt was delivered, then rolled back
     assert_bitwise_equal(model, snap)
-    assert surgery.wrap(model).patch_stack == []
-    assert surgery.wrap(model).lock.acquire(blocking=False)
-    surgery.wrap(model).lock.release()
+    assert state(model).patch_stack == []
+    assert state(model).lock.acquire(blocking=False)
+    state(model).lock.release()
 
 
 def test_nesting_restores_each_level():
@@ -182,7 +183,7 @@ def test_out_of_order_exit_raises_and_still_restores():
     assert not inner.active and not outer.active
     inner.revert()  # already unwound: nothing to do
     assert_bitwise_equal(model, s0)
-    assert surgery.wrap(model).patch_stack == []
+    assert state(model).patch_stack == []
 
 
 def test_object_form_for_notebooks():
@@ -288,8 +289,8 @@ def test_bad_input_is_refused_before_anything_is_touched(spec, message):
             pytest.fail("must not enter")
     assert_bitwise_equal(model, s0)
     a = surgery.wrap(model)
-    assert a.patch_stack == [] and a.lock.acquire(blocking=False)
-    a.lock.release()
+    assert state(a).patch_stack == [] and state(a).lock.acquire(blocking=False)
+    state(a).lock.release()
 
 
 def test_bad_lists_are_refused():
@@ -372,4 +373,4 @@ def test_any_nesting_restores_bitwise(kind, levels, fail_at):
     except RuntimeError:
         pass
     assert_bitwise_equal(model, s0)
-    assert surgery.wrap(model).patch_stack == []
+    assert state(model).patch_stack == []

@@ -27,6 +27,7 @@ import torch
 
 from adapters import Adapter, wrap
 from surgery.core import lowrank
+from surgery.core.state import state
 from surgery.errors import SurgeryError
 from surgery.names import DEFAULT_SIDE, RESIDUAL_SIDES, SIDES, WEIGHTS  # noqa: F401  (re-exported)
 
@@ -103,7 +104,7 @@ def base_of(t: torch.Tensor) -> torch.Tensor:
 def canonical_version(adapter: Adapter, t: torch.Tensor) -> int:
     """The tensor's version, mapped back to an earlier one whose contents a patch restored bitwise."""
     t = base_of(t)
-    return adapter.version_aliases.get((id(t), t._version), t._version)
+    return state(adapter).version_aliases.get((id(t), t._version), t._version)
 
 
 def _stamp(adapter: Adapter, tensors) -> tuple:
@@ -149,12 +150,12 @@ def decompose(model, block: int, weight: str, head: int | None = None, fold_ln: 
         return _top(decompose(adapter, block, weight, head, fold_ln, dtype), k)
     key = (block, weight, fold_ln, dtype) if method == "exact" else (block, weight, fold_ln, dtype, method, k)
     stamp = _stamp(adapter, srcs)
-    hit = adapter.svd_cache.get(key)
+    hit = state(adapter).svd_cache.get(key)
     if hit is not None and hit[0] == stamp:
         full = hit[1]
     else:
         full = _compute(adapter, block, weight, fold_ln, dtype, method, k)
-        adapter.svd_cache[key] = (stamp, full)
+        state(adapter).svd_cache[key] = (stamp, full)
     if head is None:
         return full
     res = None if full.residual is None else full.residual[head]

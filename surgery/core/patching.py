@@ -32,6 +32,7 @@ from surgery.core.decomposition import (
     decompose,
     factors,
 )
+from surgery.core.state import state
 from surgery.errors import SurgeryError
 from surgery.names import OPS
 
@@ -93,14 +94,14 @@ class Patch:
         """Apply every edit (computed from the weights as they are now); returns self."""
         if self.active:
             raise RuntimeError("this patch is already applied; revert it first")
-        self.adapter.lock.acquire()
+        state(self.adapter).lock.acquire()
         saved: list[tuple[torch.Tensor, torch.Tensor]] = []
         try:
             # Compute every update before changing anything, so edits of one weight do not see each other.
             updates = [u for e in self.edits for u in _updates(self.adapter, e)]
             befores = {id(base_of(t)): (base_of(t), canonical_version(self.adapter, t)) for t, _, _ in updates}
             # The SVDs of the weights as they are; put back on revert (nested patches evict them).
-            svds = {k: entry for k, entry in self.adapter.svd_cache.items() if any(i in befores for i, _ in entry[0])}
+            svds = {k: entry for k, entry in state(self.adapter).svd_cache.items() if any(i in befores for i, _ in entry[0])}
             # A Ctrl-C during the edit is delivered at the end of this block and rolls the edit back below.
             with _interrupts_deferred(), torch.no_grad():
                 for target, left, right in updates:
@@ -108,24 +109,24 @@ class Patch:
                     _add_product(target, left, right)
                 self._saved, self._svds = saved, svds
                 self._versions = {k: (b, v, b._version) for k, (b, v) in befores.items()}
-                self.adapter.patch_stack.append(self)
+                state(self.adapter).patch_stack.append(self)
                 self.active = True
             return self
         except BaseException:
             if self.active:
-                self.adapter.patch_stack.remove(self)
+                state(self.adapter).patch_stack.remove(self)
                 self.active = False
             with _interrupts_deferred(), torch.no_grad():
                 _restore_saved(self.adapter, saved)
             self._saved, self._versions, self._svds = [], {}, {}
-            self.adapter.lock.release()
+            state(self.adapter).lock.release()
             raise
 
     def revert(self) -> None:
         """Restore the weights bitwise; reverting a patch that is not applied does nothing."""
         if not self.active:
             return
-        stack = self.adapter.patch_stack
+        stack = state(self.adapter).patch_stack
         out_of_order = stack[-1] is not self
         with _interrupts_deferred():  # a Ctrl-C must not stop the unwinding half-way
             while True:  # unwind everything applied after this patch, then this patch
@@ -147,11 +148,11 @@ class Patch:
             with _interrupts_deferred(), torch.no_grad():
                 _restore_saved(self.adapter, self._saved)
             for base, before in untouched:
-                self.adapter.version_aliases[(id(base), base._version)] = before
-            self.adapter.svd_cache.update(self._svds)
+                state(self.adapter).version_aliases[(id(base), base._version)] = before
+            state(self.adapter).svd_cache.update(self._svds)
         finally:
             self._saved, self._versions, self._svds, self.active = [], {}, {}, False
-            self.adapter.lock.release()
+            state(self.adapter).lock.release()
 
 
 def as_edit(spec) -> Edit:
@@ -270,9 +271,9 @@ def _save(adapter: Adapter, target: torch.Tensor) -> torch.Tensor:
     """A copy of the slice about to be edited, in a reused buffer.
 
     Reuse matters at scale: a fresh 256 MB allocation (GPT-J's K) costs several times the copy
-    itself in page faults. The adapter keeps at most two spare buffers per shape (`adapter.scratch`).
+    itself in page faults. The adapter keeps at most two spare buffers per shape (`state(adapter).scratch`).
     """
-    spares = adapter.scratch.get((target.shape, target.dtype, target.device))
+    spares = state(adapter).scratch.get((target.shape, target.dtype, target.device))
     buf = spares.pop() if spares else torch.empty(target.shape, dtype=target.dtype, device=target.device)
     return buf.copy_(target)
 
@@ -281,7 +282,7 @@ def _restore_saved(adapter: Adapter, saved) -> None:
     """Copy every saved slice back, last edit first, and keep the buffers for the next patch."""
     for target, copy in reversed(saved):
         target.copy_(copy)
-        spares = adapter.scratch.setdefault((copy.shape, copy.dtype, copy.device), [])
+        spares = state(adapter).scratch.setdefault((copy.shape, copy.dtype, copy.device), [])
         if len(spares) < 2:
             spares.append(copy)
 

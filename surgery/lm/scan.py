@@ -19,6 +19,7 @@ from adapters import WEIGHTS, wrap
 from surgery.analysis.cosines import unit_rows
 from surgery.core import lowrank
 from surgery.core.decomposition import RESIDUAL_SIDES, decompose
+from surgery.core.state import state
 from surgery.errors import SurgeryError
 from surgery.lm.semantic import CoherenceNull, TokenTable, score_vectors
 
@@ -108,7 +109,7 @@ def scan(model, config: ScanConfig | None = None, blocks=None) -> ScanResult:
     tables, seconds, decomposing, residual = [], [], [], {}
     for b in tqdm(blocks, desc="blocks", unit="block", disable=not config.progress):
         t0 = time.perf_counter()
-        before = set(adapter.svd_cache)
+        before = set(state(adapter).svd_cache)
         plan = []  # (weight, head, side, S, vectors [d, k]) for one pass over the vocabulary
         for w in config.weights:
             k = min(config.k, adapter.rank(w))
@@ -131,8 +132,8 @@ def scan(model, config: ScanConfig | None = None, blocks=None) -> ScanResult:
             part = {name: t[start:start + vec.shape[1]] for name, t in scores.items()}
             start += vec.shape[1]
             tables.append(TokenTable(b, w, h, side, config.embedding, S.cpu(), **part, labels=es.labels))
-        for key in set(adapter.svd_cache) - before:  # this block's SVDs: keep one block's temporaries at most
-            del adapter.svd_cache[key]
+        for key in set(state(adapter).svd_cache) - before:  # this block's SVDs: keep one block's temporaries at most
+            del state(adapter).svd_cache[key]
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds.append(time.perf_counter() - t0)

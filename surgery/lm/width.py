@@ -16,6 +16,7 @@ from adapters import wrap
 from surgery.analysis.chance import null_for
 from surgery.analysis.cosines import unit_rows
 from surgery.core.decomposition import RESIDUAL_SIDES, decompose
+from surgery.core.state import state
 from surgery.errors import SurgeryError
 from surgery.lm.semantic import top_tokens
 from surgery.stats import adjust_pvalues
@@ -45,7 +46,7 @@ def width_rows(model, weights=("K", "V", "OV"), blocks=None, k: int = 8, method:
                         rows.append(dict(d_model=adapter.d_model, block=b, weight=w, head=h, side=side, idx=i,
                                          best_cos=float(c), chance_mean=null.mean, z=float(null.zscore(c)),
                                          p=float(null.pvalue(c))))
-        adapter.svd_cache.clear()  # one block's decompositions at a time
+        state(adapter).svd_cache.clear()  # one block's decompositions at a time
     return rows
 
 
