@@ -9,8 +9,7 @@ were searched.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Sequence
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 import torch
@@ -18,13 +17,12 @@ import torch
 from adapters import WEIGHTS, Adapter, wrap
 from surgery.analysis.chance import Null, null_for
 from surgery.analysis.cosines import SearchSet, unit_rows
+from surgery.analysis.settings import FAMILIES, AlignmentSettings
 from surgery.analysis.tables import Table
 from surgery.core.decomposition import RESIDUAL_SIDES, decompose
 from surgery.errors import SurgeryError
-from surgery.stats import CORRECTIONS, adjust_pvalues
-
-FAMILIES = ("set", "all")
-"""set: correct within each embedding set (the question "where is this embedding?"); all: over every set at once."""
+from surgery.names import CORRECTIONS
+from surgery.stats import adjust_pvalues
 
 
 @dataclass
@@ -58,7 +56,8 @@ class Alignment:
     """Embedding set -> the `chance.Null` of its max |cos|."""
     family_size: dict = field(default_factory=dict)
     """Embedding set -> number of comparisons its p-values were corrected for."""
-    settings: dict = field(default_factory=dict)
+    settings: "AlignmentSettings | None" = None
+    """What was compared and how, every default resolved."""
     adapter: Adapter | None = None
 
     def to_csv(self, path=None) -> str:
@@ -75,70 +74,74 @@ class Alignment:
 
     def threshold(self, embedding: str, alpha: float | None = None) -> float:
         """|cos| the strongest vector must reach with `embedding` to beat chance at alpha, after the correction."""
-        alpha = self.settings["alpha"] if alpha is None else alpha
-        m = 1 if self.settings["correction"] == "none" else max(self.family_size[embedding], 1)
+        alpha = self.settings.alpha if alpha is None else alpha
+        m = 1 if self.settings.correction == "none" else max(self.family_size[embedding], 1)
         return self.nulls[embedding].threshold(alpha / m)
 
     def __repr__(self) -> str:
         s = self.settings
         return (f"Alignment({len(self.vectors)} vector-set pairs, {len(self.records)} records; "
-                f"embeddings={s['embeddings']}, weights={s['weights']}, top={s['top']})")
+                f"embeddings={list(s.embeddings)}, weights={list(s.weights)}, top={s.top})")
 
 
-def alignment(model, embeddings: str | Sequence[str] | None = None, weights: str | Sequence[str] = WEIGHTS,
-              blocks: int | Sequence[int] | None = None, heads: int | Sequence[int] | None = None,
-              vectors: int | Sequence[int] | slice | None = None, top: int = 10, fold_ln: bool = False,
-              sides: str | None = None, dtype: torch.dtype | None = None, method: str | None = None,
-              draws: int | None = None, seed: int = 0, correction: str = "holm", family: str = "set",
-              alpha: float = 0.05, progress: bool | None = None) -> Alignment:
+def alignment(model, settings: AlignmentSettings | None = None, *, progress: bool | None = None,
+              **overrides) -> Alignment:
     """Cosines of singular vectors with unit-normalised embeddings, scored against chance.
 
-    embeddings: set names (default all the model has). weights: any of "K", "V", "OV", "QK".
-    blocks, heads: default all. vectors: the first N triples of each weight (int), explicit
-    indices, or a slice (default all). top: k labels kept at each end. sides: "in" or "out" to
-    keep only that residual-facing side (default both where both face the residual stream).
-    dtype: of the SVD and the cosines (default float64 for DT-sized problems, d_model <= 256 and at
-    most 20,000 labels; float32 otherwise).
-    method: passed to `surgery.decompose` where it accepts one. draws, seed: Monte Carlo null.
-    correction: one of CORRECTIONS, applied per embedding set (family="set") or over all.
+    settings: an AlignmentSettings; keyword arguments override its fields, e.g.
+    `alignment(model, embeddings="action_out", weights=["K", "V"], top=5)`. See AlignmentSettings for
+    every field. progress: show progress bars (vocabulary-sized sets take a while).
     """
+    unknown = sorted(set(overrides) - {f.name for f in fields(AlignmentSettings)})
+    if unknown:
+        raise SurgeryError(f"unknown alignment setting(s) {unknown}; valid: "
+                           f"{', '.join(f.name for f in fields(AlignmentSettings))}")
+    s = replace(settings or AlignmentSettings(), **overrides)
     adapter = wrap(model)
     sets = adapter.embedding_sets()
-    names = _check_embeddings(embeddings, sets)
-    weights = _check_weights(weights)
-    blocks = _check_indices(blocks, adapter.n_blocks, "block", "blocks")
-    heads = _check_indices(heads, adapter.n_heads, "head", "heads")
-    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
-        raise SurgeryError(f"top={top!r} must be a positive integer (labels kept at each end)")
-    if correction not in CORRECTIONS:
-        raise SurgeryError(f"correction={correction!r} is not known; valid: {', '.join(map(repr, CORRECTIONS))}")
-    if family not in FAMILIES:
-        raise SurgeryError(f"family={family!r} is not known; valid: {', '.join(map(repr, FAMILIES))}")
-    if not 0 < alpha < 1:
-        raise SurgeryError(f"alpha={alpha!r} must be between 0 and 1")
-    plan = _plan(adapter, weights, sides)
-    _check_vectors(vectors, adapter, [w for w, _ in plan])
+    names = _check_embeddings(s.embeddings, sets)
+    weights = _check_weights(s.weights)
+    blocks = _check_indices(s.blocks, adapter.n_blocks, "block", "blocks")
+    heads = _check_indices(s.heads, adapter.n_heads, "head", "heads")
+    if isinstance(s.top, bool) or not isinstance(s.top, int) or s.top < 1:
+        raise SurgeryError(f"top={s.top!r} must be a positive integer (labels kept at each end)")
+    if s.correction not in CORRECTIONS:
+        raise SurgeryError(f"correction={s.correction!r} is not known; valid: {', '.join(map(repr, CORRECTIONS))}")
+    if s.family not in FAMILIES:
+        raise SurgeryError(f"family={s.family!r} is not known; valid: {', '.join(map(repr, FAMILIES))}")
+    if not 0 < s.alpha < 1:
+        raise SurgeryError(f"alpha={s.alpha!r} must be between 0 and 1")
+    plan = _plan(adapter, weights, s.sides)
+    _check_vectors(s.vectors, adapter, [w for w, _ in plan])
     small = _small(adapter, [sets[n] for n in names])
-    dtype = dtype or (torch.float64 if small else torch.float32)
+    dtype = _check_dtype(s.dtype) or (torch.float64 if small else torch.float32)
     with _one_thread(small):
-        groups = [_gather(adapter, w, side, blocks, heads, vectors, fold_ln, dtype, method) for w, side in plan]
+        groups = [_gather(adapter, w, side, blocks, heads, s.vectors, s.fold_ln, dtype, s.method) for w, side in plan]
         nulls, per_set = {}, {}
         for name in names:
-            nulls[name] = null_for(sets[name].vectors, draws=draws, seed=seed, progress=bool(progress))
-            per_set[name] = _score_set(adapter, sets[name], groups, top, nulls[name], dtype, progress)
-        family_size = _correct(per_set, correction, family)
+            nulls[name] = null_for(sets[name].vectors, draws=s.draws, seed=s.seed, progress=bool(progress))
+            per_set[name] = _score_set(adapter, sets[name], groups, s.top, nulls[name], dtype, progress)
+        family_size = _correct(per_set, s.correction, s.family)
         tables = [[], [], []]
         for name in names:
             labels = sets[name].labels
             for g, sc in zip(groups, per_set[name]):
-                tables[0].append(_records(name, g, sc, labels, nulls[name], family_size[name], correction))
+                tables[0].append(_records(name, g, sc, labels, nulls[name], family_size[name], s.correction))
                 tables[1].append(_vector_table(name, g, sc, labels))
-                tables[2].append(_weight_table(name, g, sc, labels, alpha))
-    settings = dict(embeddings=names, weights=list(weights), blocks=blocks, heads=heads, vectors=vectors, top=top,
-                    fold_ln=fold_ln, sides=sides, dtype=str(dtype).replace("torch.", ""), method=method,
-                    draws={n: int(nulls[n].samples.size) for n in names}, seed=seed, correction=correction,
-                    family=family, alpha=alpha)
-    return Alignment(*(Table.concat(t) for t in tables), nulls, family_size, settings, adapter)
+                tables[2].append(_weight_table(name, g, sc, labels, s.alpha))
+    used = replace(s, embeddings=tuple(names), weights=tuple(weights), blocks=tuple(blocks), heads=tuple(heads),
+                   dtype=str(dtype).replace("torch.", ""))
+    return Alignment(*(Table.concat(t) for t in tables), nulls, family_size, used, adapter)
+
+
+def _check_dtype(dtype) -> torch.dtype | None:
+    """None, or float32/float64 given as a torch dtype or its name."""
+    named = {"float32": torch.float32, "float64": torch.float64}
+    if dtype is None or dtype in named.values():
+        return dtype
+    if dtype in named:
+        return named[dtype]
+    raise SurgeryError(f"dtype={dtype!r} is not supported for alignment; valid: None (auto), 'float32', 'float64'")
 
 
 def _small(adapter, sets) -> bool:

@@ -7,13 +7,13 @@ one-line answer: where it is most aligned, and which weight is most selective fo
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
 
-from adapters import WEIGHTS
 from surgery.analysis.alignment import Alignment, alignment
+from surgery.analysis.settings import AlignmentSettings
 from surgery.analysis.tables import Table
 
 
@@ -37,7 +37,7 @@ class Location:
 
     @property
     def alpha(self) -> float:
-        return self.alignment.settings["alpha"]
+        return self.alignment.settings.alpha
 
     def carriers(self, embedding: str | None = None) -> Table:
         """The weights with at least one singular vector more aligned than chance."""
@@ -51,17 +51,17 @@ class Location:
         return f"Location({', '.join(self.summary['embedding'])}: {len(self.ranking)} vectors ranked)\n{self}"
 
 
-def locate(model, embedding: str | Sequence[str] | None = "action_out", weights: Sequence[str] = WEIGHTS,
-           blocks=None, heads=None, top: int = 5, alpha: float = 0.05, correction: str = "holm",
-           fold_ln: bool = False, **kwargs) -> Location:
+def locate(model, embedding: str | Sequence[str] | None = "action_out", settings: AlignmentSettings | None = None,
+           *, progress: bool | None = None, **overrides) -> Location:
     """Rank every singular vector by how far its alignment with `embedding` is beyond chance.
 
     embedding: a set name, several, or None for every set the model has (with a summary across
-    them). Other arguments go to `surgery.alignment`.
+    them); it takes the place of `settings.embeddings`. settings and keyword overrides: as for
+    `surgery.alignment` (AlignmentSettings), except that 5 labels per end are kept unless `top` says otherwise.
     """
-    a = alignment(model, embeddings=embedding, weights=weights, blocks=blocks, heads=heads, top=top, alpha=alpha,
-                  correction=correction, fold_ln=fold_ln, **kwargs)
-    return from_alignment(a)
+    embeddings = None if embedding is None else (embedding,) if isinstance(embedding, str) else tuple(embedding)
+    s = replace(settings or AlignmentSettings(top=5), embeddings=embeddings)
+    return from_alignment(alignment(model, s, progress=progress, **overrides))
 
 
 def from_alignment(a: Alignment) -> Location:
@@ -70,14 +70,14 @@ def from_alignment(a: Alignment) -> Location:
     ranking = v.sort("p_adj", "abs_cos", descending=[False, True])
     w = a.weights
     weights = w.sort("embedding", "best_p_adj", "n_significant", "selectivity", descending=[False, False, True, True])
-    weights = Table.concat([weights.where(embedding=n) for n in a.settings["embeddings"]])
+    weights = Table.concat([weights.where(embedding=n) for n in a.settings.embeddings])
     return Location(ranking, weights, _summary(a, ranking, weights), a)
 
 
 def _summary(a: Alignment, ranking: Table, weights: Table) -> Table:
     rows = []
     sets = a.adapter.embedding_sets()
-    for name in a.settings["embeddings"]:
+    for name in a.settings.embeddings:
         r = ranking.where(embedding=name)
         w = weights.where(embedding=name)
         best = r.row(0)
@@ -87,7 +87,7 @@ def _summary(a: Alignment, ranking: Table, weights: Table) -> Table:
         null = a.nulls[name]
         rows.append({
             "embedding": name, "n_labels": len(sets[name].labels), "n_searched": len(r),
-            "n_significant": int((r["p_adj"] < a.settings["alpha"]).sum()),
+            "n_significant": int((r["p_adj"] < a.settings.alpha).sum()),
             "threshold": a.threshold(name), "chance_mean": null.mean,
             "block": best["block"], "weight": best["weight"], "head": -1 if best["head"] is None else best["head"],
             "side": best["side"], "idx": best["idx"], "label": best["label"], "cos": best["cos"],
@@ -112,7 +112,7 @@ def describe(loc: Location, name: str, max_weights: int = 4) -> str:
     a = loc.alignment.settings
     labels = f"{s['n_labels']} label{'s' if s['n_labels'] != 1 else ''}"
     head = (f"{name} ({labels}): {s['n_searched']} singular vectors searched; with "
-            f"{_correction_name(a['correction'])} at alpha {a['alpha']:g}, |cos| >= {s['threshold']:.3f} beats "
+            f"{_correction_name(a.correction)} at alpha {a.alpha:g}, |cos| >= {s['threshold']:.3f} beats "
             f"chance (random directions average {s['chance_mean']:.3f}).")
     carriers = loc.carriers(name)
     lines = [head]

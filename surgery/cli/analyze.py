@@ -6,14 +6,14 @@ import sys
 import time
 from pathlib import Path
 
-from surgery.cli.args import positive_int
+from surgery.cli.args import add_settings_arguments, settings_from_args
 from surgery.errors import SurgeryError
 
 DEFAULT_OUT = Path("results") / "analysis"
 
 
 def register(subparsers) -> None:
-    from surgery.names import CORRECTIONS, METHODS, WEIGHTS
+    from surgery.analysis.settings import AlignmentSettings
 
     p = subparsers.add_parser(
         "analyze", help="align every singular vector with every embedding set, against chance; write a report",
@@ -22,24 +22,7 @@ def register(subparsers) -> None:
     p.add_argument("model", metavar="MODEL",
                    help="a zoo name (e.g. hopper), a checkpoint directory, or a Hugging Face name already in the "
                         "local cache (nothing is downloaded)")
-    p.add_argument("--embeddings", nargs="+", metavar="SET", help="embedding sets (default: every set the model has)")
-    p.add_argument("--weights", nargs="+", choices=WEIGHTS, default=list(WEIGHTS), metavar="W",
-                   help=f"weights to search, of {', '.join(WEIGHTS)} (default: all)")
-    p.add_argument("--blocks", nargs="+", type=int, metavar="B", help="blocks (default: all)")
-    p.add_argument("--heads", nargs="+", type=int, metavar="H", help="heads of OV and QK (default: all)")
-    p.add_argument("--vectors", type=positive_int, metavar="N", help="only each weight's first N singular vectors")
-    p.add_argument("--top", type=positive_int, default=10, metavar="K", help="labels kept at each end (default 10)")
-    p.add_argument("--alpha", type=float, default=0.05, help="significance level after correction (default 0.05)")
-    p.add_argument("--correction", choices=CORRECTIONS, default="holm", help="multiple-comparison correction")
-    p.add_argument("--family", choices=("set", "all"), default="set",
-                   help="correct within each embedding set (default) or over all sets together")
-    p.add_argument("--draws", type=positive_int, metavar="N", help="Monte Carlo directions per set (default: by size)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random directions (default 0)")
-    p.add_argument("--fold-ln", action="store_true", help="fold the preceding LayerNorm gain into the read side")
-    p.add_argument("--dtype", choices=("auto", "float32", "float64"), default="auto",
-                   help="precision of SVDs and cosines (auto: float64 for DT-sized models, else float32)")
-    p.add_argument("--method", choices=METHODS, help="route for the SVDs, passed to surgery.decompose (gram: "
-                                                     "faster for wide models; default exact)")
+    add_settings_arguments(p, AlignmentSettings)
     p.add_argument("--metadata", help="metadata JSON for a decision-transformer checkpoint without metadata.json")
     p.add_argument("--out", type=Path, help=f"report directory (default {DEFAULT_OUT}/<model>)")
     p.add_argument("--no-report", action="store_true", help="print the summary only; write no files")
@@ -63,21 +46,17 @@ def _safe_name(name: str) -> str:
 
 
 def cmd_analyze(args) -> int:
-    import torch
-
     import surgery
     from surgery.analysis.localisation import locate
     from surgery.analysis.report import build_report, summary_text
+    from surgery.analysis.settings import AlignmentSettings
 
     progress = not args.quiet and sys.stderr.isatty()
     _quiet_transformers()
     model = surgery.load(args.model, metadata=args.metadata)
     start = time.perf_counter()  # the analysis itself, not loading the model
-    dtype = {"auto": None, "float32": torch.float32, "float64": torch.float64}[args.dtype]
-    loc = locate(model, embedding=args.embeddings, weights=args.weights, blocks=args.blocks, heads=args.heads,
-                 vectors=args.vectors, top=args.top, alpha=args.alpha, correction=args.correction,
-                 family=args.family, draws=args.draws, seed=args.seed, fold_ln=args.fold_ln, dtype=dtype,
-                 method=args.method, progress=progress)
+    settings = settings_from_args(AlignmentSettings, args)
+    loc = locate(model, settings.embeddings, settings, progress=progress)
     elapsed = time.perf_counter() - start
     files = []
     if not args.no_report:

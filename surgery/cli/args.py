@@ -50,3 +50,65 @@ def load_dt(args):
         raise SurgeryError(f"{args.model} has no metadata.json; pass --metadata FILE with env_id, state_mean/std, "
                            "return_scale and context_len")
     return model
+
+
+# ---- flags from a settings dataclass (CleanRL style: the dataclass and its field docstrings are the source) ----
+def field_docs(cls) -> dict[str, str]:
+    """The docstring written under each field of a dataclass, read from its source."""
+    import ast
+    import inspect
+    import textwrap
+
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body
+    docs = {}
+    for node, after in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)):
+            docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+def add_settings_arguments(parser, cls, skip=(), defaults=None) -> None:
+    """One `--flag` per field of a frozen settings dataclass, with its docstring as help.
+
+    Field types (as written, e.g. "tuple[str, ...] | None", "int", "bool") choose the argparse type;
+    `field(metadata={"choices": ..., "metavar": ..., "positive": True})` refines it. `defaults`
+    overrides a field's default for this command only.
+    """
+    import dataclasses
+
+    docs, defaults = field_docs(cls), dict(defaults or {})
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        kind, meta = str(f.type).replace(" ", ""), f.metadata
+        default = defaults.get(f.name, f.default)
+        flag = "--" + f.name.replace("_", "-")
+        shown = "" if default is None or kind == "bool" else (
+            f" (default {' '.join(map(str, default)) if isinstance(default, tuple) else default})")
+        kwargs = {"dest": f.name, "help": docs.get(f.name, "") + shown}
+        if kind == "bool":
+            parser.add_argument(flag, action="store_true", **kwargs)
+            continue
+        base = kind.removesuffix("|None")
+        item = {"int": positive_int if meta.get("positive") else int, "float": float, "str": str}
+        if base.startswith("tuple["):
+            kwargs.update(nargs="+", type=item[base[6:].split(",")[0]])
+        else:
+            kwargs["type"] = item[base]
+        for key in ("choices", "metavar"):
+            if key in meta:
+                kwargs[key] = meta[key]
+        parser.add_argument(flag, default=default, **kwargs)
+
+
+def settings_from_args(cls, args, **extra):
+    """The settings dataclass filled from parsed flags (lists become tuples), plus `extra` fields."""
+    import dataclasses
+
+    values = {}
+    for f in dataclasses.fields(cls):
+        if hasattr(args, f.name):
+            v = getattr(args, f.name)
+            values[f.name] = tuple(v) if isinstance(v, list) else v
+    return cls(**{**values, **extra})

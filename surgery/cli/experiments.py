@@ -125,6 +125,6 @@ def run_validate(args) -> int:
 
 
 def _json(d: dict) -> str:
-    from surgery.experiments.output import jsonable
+    from surgery.files import jsonable
 
     return json.dumps(jsonable(d), indent=2, allow_nan=False)

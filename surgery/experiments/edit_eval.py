@@ -10,15 +10,8 @@ from surgery import stats
 from surgery.behaviour.evaluation import EvalResult, evaluate_pair
 from surgery.core.patching import Patch, as_edit, validate_edit
 from surgery.experiments import edits as edit_specs
-from surgery.experiments.output import (
-    adapter_with_metadata,
-    fmt,
-    fmt_p,
-    model_identity,
-    save_figure,
-    to_json,
-    write_atomic,
-)
+from surgery.experiments.output import adapter_with_metadata, fmt, fmt_p, model_identity
+from surgery.files import save_figure, to_json, write_atomic
 
 REPORT_JSON, REPORT_MD = "report.json", "report.md"
 RETURNS_PNG, SURVIVAL_PNG = "returns.png", "survival.png"

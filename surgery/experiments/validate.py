@@ -21,8 +21,9 @@ from surgery.errors import SurgeryError
 from surgery.experiments import edits as edit_specs
 from surgery.experiments import verdict as verdicts
 from surgery.experiments.correlation import Correlation, partial_spearman, spearman
-from surgery.experiments.output import adapter_with_metadata, model_identity, save_figure, to_json, write_atomic
+from surgery.experiments.output import adapter_with_metadata, model_identity
 from surgery.experiments.selection import GROUPS, Target, choose_targets
+from surgery.files import save_figure, to_json, write_atomic
 from surgery.names import REMOVAL_OPS
 
 """constant: the study's edit (the vector set to value * ones, default 1/d_model). zero: the triple removed."""

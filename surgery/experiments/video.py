@@ -180,7 +180,7 @@ def write_video(frames: np.ndarray, path: str | Path, fps: float = 30.0) -> Path
     """Write uint8 frames [T, H, W, 3] as a looping GIF (.gif) or an H.264 MP4 (.mp4), atomically."""
     import imageio.v2 as iio
 
-    from surgery.experiments.output import publish
+    from surgery.files import publish
 
     path = Path(path)
     frames = np.asarray(frames)

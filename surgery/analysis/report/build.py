@@ -9,8 +9,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +19,8 @@ from surgery.analysis.localisation import Location, describe, where
 from surgery.analysis.report import figures as F
 from surgery.analysis.report.terminal import searched, settings_line
 from surgery.analysis.tables import Table
+from surgery.errors import SurgeryError
+from surgery.files import jsonable, write_atomic
 
 HOW_TO_READ = (
     "Each singular vector of a residual-facing side (K read, V write, OV read and write, QK query and key) is "
@@ -45,31 +45,8 @@ class Report:
         """Write every file atomically (temporary file in the same directory, then rename)."""
         out = Path(out)
         if out.exists() and not out.is_dir():
-            raise FileExistsError(f"--out {out} exists and is not a directory")
-        written = []
-        for rel, content in self.files.items():
-            path = out / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            data = content.encode() if isinstance(content, str) else content
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            try:
-                os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a report is an ordinary file
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-            written.append(path)
-        return written
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+            raise SurgeryError(f"--out {out} exists and is not a directory")
+        return [write_atomic(out / rel, content) for rel, content in self.files.items()]
 
 
 # ---- what goes in ---------------------------------------------------------------------------------
@@ -107,28 +84,28 @@ def _figures(loc: Location, model, progress: bool) -> dict:
     """name -> (PNG bytes, caption)."""
     a = loc.alignment
     s = a.settings
-    small = [n for n in s["embeddings"] if len(a.adapter.embedding_sets()[n].labels) <= 64] or s["embeddings"][:3]
+    small = [n for n in s.embeddings if len(a.adapter.embedding_sets()[n].labels) <= 64] or s.embeddings[:3]
     jobs = [("overview", lambda: F.overview(a),
              "Every weight against every embedding set: the colour is -log10 of the best corrected p-value, numbers "
              "count singular vectors beyond chance, the outline marks cells beyond chance."),
-            ("spectra", lambda: F.spectra(model, s["weights"], s["blocks"], s["fold_ln"]),
+            ("spectra", lambda: F.spectra(model, s.weights, s.blocks, s.fold_ln),
              "Singular values of every weight (per head for OV and QK).")]
     best = loc.ranking.row(0)
     jobs.append(("several_sets", lambda: F.multi_heatmap(model, best["block"], best["weight"], small, best["head"],
-                                                         best["side"], fold_ln=s["fold_ln"]),
+                                                         best["side"], fold_ln=s.fold_ln),
                  f"The strongest finding's weight, {where(best['block'], best['weight'], best['head'], best['side'])}, "
                  f"against several embedding sets in one view."))
-    for name in s["embeddings"]:
+    for name in s.embeddings:
         r = loc.ranking.where(embedding=name).row(0)
         at = where(r["block"], r["weight"], r["head"], r["side"])
         jobs += [
             (f"{name}_scatter", lambda name=name: F.scatter(a, name),
              f"{name}: singular value against best |cos|; the red line is the bar for beating chance."),
             (f"{name}_heatmap", lambda name=name, r=r: F.heatmap(model, r["block"], r["weight"], name, r["head"],
-                                                                 r["side"], fold_ln=s["fold_ln"]),
+                                                                 r["side"], fold_ln=s.fold_ln),
              f"{name} against the first singular vectors of {at}, the weight of its strongest vector."),
             (f"{name}_topk", lambda name=name, r=r: F.topk_table(a, name, r["block"], r["weight"], r["head"],
-                                                                 r["side"], k=min(5, s["top"])),
+                                                                 r["side"], k=min(5, s.top)),
              f"Top and bottom labels of {at}'s first singular vectors for {name}."),
         ]
     out = {}
@@ -157,19 +134,9 @@ def build_report(loc: Location, model_name: str, model=None, elapsed: float | No
     report.files["vectors.csv"] = loc.ranking.to_csv()
     report.files["alignment.csv"] = records_subset(loc, leading).to_csv()
     report.files["summary.json"] = json.dumps({"model": model_name, "adapter": repr(loc.alignment.adapter),
-                                               "settings": _jsonable(loc.alignment.settings),
+                                               "settings": jsonable(loc.alignment.settings),
                                                "summary": loc.summary.rows()}, indent=2, allow_nan=False)
     return report
-
-
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, slice):
-        return str(x)
-    return x
 
 
 def _fmt_p(p) -> str:
@@ -269,7 +236,7 @@ def _html(loc: Location, model_name: str, figs: dict, elapsed) -> str:
              "<div class='answer'>" + html.escape(str(loc)) + "</div>",
              f"<p class='muted'>{html.escape(HOW_TO_READ)}</p>",
              _figure_html(figs, "overview"), _figure_html(figs, "several_sets"), _figure_html(figs, "spectra")]
-    for name in a.settings["embeddings"]:
+    for name in a.settings.embeddings:
         fh, fr = _finding_rows(loc, name)
         parts += [f"<h2 id='{html.escape(name)}'>{html.escape(name)}</h2>",
                   "<div class='answer'>" + html.escape(describe(loc, name)) + "</div>",
@@ -315,7 +282,7 @@ def _markdown(loc: Location, model_name: str, figs: dict, elapsed) -> str:
              f"Searched {searched(loc)}. {settings_line(loc)}{timing}", "## Summary", _md_table(head, rows),
              "```\n" + str(loc) + "\n```", HOW_TO_READ,
              _md_figure(figs, "overview"), _md_figure(figs, "several_sets"), _md_figure(figs, "spectra")]
-    for name in a.settings["embeddings"]:
+    for name in a.settings.embeddings:
         fh, fr = _finding_rows(loc, name)
         parts += [f"## {name}", "```\n" + describe(loc, name) + "\n```", "### Most significant singular vectors",
                   _md_table(fh, fr), _md_figure(figs, f"{name}_scatter"), _md_figure(figs, f"{name}_heatmap"),

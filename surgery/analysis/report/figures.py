@@ -158,7 +158,7 @@ def overview(alignment):
     number of singular vectors that beat it.
     """
     w = alignment.weights
-    names = alignment.settings["embeddings"]
+    names = alignment.settings.embeddings
     keys = []
     for r in w.rows():
         key = (r["block"], r["weight"], r["side"])
@@ -173,7 +173,7 @@ def overview(alignment):
         p = r["best_p_adj"] if r["best_p_adj"] is not None else 1.0
         grid[i, j] = max(grid[i, j], -np.log10(max(p, 1e-300)))
         count[i, j] += r["n_significant"]
-    alpha = alignment.settings["alpha"]
+    alpha = alignment.settings.alpha
     fig, ax = _subplots(figsize=(1.4 + 1.0 * len(names), 1.0 + 0.26 * len(order)))
     vmax = max(4.0, float(np.ceil(grid.max())))
     im = ax.imshow(np.minimum(grid, vmax), cmap="magma_r", vmin=0, vmax=vmax, aspect="auto")

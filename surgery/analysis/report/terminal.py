@@ -19,27 +19,27 @@ def searched(loc: Location) -> str:
     s = loc.alignment.settings
     v = loc.alignment.vectors
     parts = []
-    for w in s["weights"]:
+    for w in s.weights:
         sides = [x for x in ("in", "out") if len(v.where(weight=w, side=x))]
         if sides:
             parts.append(f"{w} {'+'.join(side_name(w, x, short=True) for x in sides)}")
-    blocks = s["blocks"]
-    span = f"{blocks[0]}..{blocks[-1]}" if blocks == list(range(blocks[0], blocks[-1] + 1)) and len(blocks) > 1 \
+    blocks = s.blocks
+    span = f"{blocks[0]}..{blocks[-1]}" if list(blocks) == list(range(blocks[0], blocks[-1] + 1)) and len(blocks) > 1 \
         else ", ".join(map(str, blocks))
     return f"{', '.join(parts)} of block{'s' if len(blocks) > 1 else ''} {span}"
 
 
 def settings_line(loc: Location) -> str:
     s = loc.alignment.settings
-    draws = {n: d for n, d in s["draws"].items() if d}
+    draws = {n: int(null.samples.size) for n, null in loc.alignment.nulls.items() if null.samples.size}
     common = max(set(draws.values()), key=list(draws.values()).count) if draws else 0
     others = ", ".join(f"{d:,} for {n}" for n, d in draws.items() if d != common)
     mc = f"{common:,} random directions" + (f" ({others})" if others else "") if draws else "exact laws only"
-    family = "within each embedding set" if s["family"] == "set" else "over all sets together"
-    name = s["correction"].upper() if len(s["correction"]) == 2 else s["correction"].capitalize()
-    corr = "not corrected" if s["correction"] == "none" else f"{name}-corrected {family}"
-    return (f"Chance: random unit directions against each set ({mc}, seed {s['seed']}, exact where a set has one "
-            f"vector); p-values {corr}; alpha {s['alpha']:g}.")
+    family = "within each embedding set" if s.family == "set" else "over all sets together"
+    name = s.correction.upper() if len(s.correction) == 2 else s.correction.capitalize()
+    corr = "not corrected" if s.correction == "none" else f"{name}-corrected {family}"
+    return (f"Chance: random unit directions against each set ({mc}, seed {s.seed}, exact where a set has one "
+            f"vector); p-values {corr}; alpha {s.alpha:g}.")
 
 
 def table(loc: Location) -> str:
@@ -62,11 +62,11 @@ def summary_text(loc: Location, model_name: str, elapsed: float | None = None, f
     """The whole terminal summary."""
     a = loc.alignment
     s = a.settings
-    n = len(loc.ranking) // max(len(s["embeddings"]), 1)
+    n = len(loc.ranking) // max(len(s.embeddings), 1)
     timing = f" (analysed in {elapsed:.2f} s)" if elapsed is not None else ""
     out = [f"Alignment of {model_name}{timing}: {a.adapter!r}",
-           f"Searched {searched(loc)}: {n} singular vectors per embedding set ({s['dtype']}, "
-           f"fold_ln {'on' if s['fold_ln'] else 'off'}); cosines with unit-normalised embeddings.",
+           f"Searched {searched(loc)}: {n} singular vectors per embedding set ({s.dtype}, "
+           f"fold_ln {'on' if s.fold_ln else 'off'}); cosines with unit-normalised embeddings.",
            settings_line(loc), "", table(loc), ""]
     hits = [name for name in loc.summary["embedding"] if len(loc.carriers(name))]
     if hits:
