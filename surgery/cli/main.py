@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "surgery.cli.evaluate",
     "surgery.cli.experiments",
     "surgery.cli.lm",
+    "surgery.cli.compare",
 )
 
 

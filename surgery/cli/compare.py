@@ -1,0 +1,72 @@
+"""`surgery compare MODEL_A MODEL_B`: do two models' findings agree (cells beyond chance, subspaces, damage)?"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from surgery.cli.args import add_settings_arguments, settings_from_args
+
+
+def register(subparsers) -> None:
+    from surgery.analysis.settings import AlignmentSettings
+
+    p = subparsers.add_parser(
+        "compare", help="two models of one architecture (e.g. two training seeds): which findings both share",
+        description="Run the same alignment on both models and report which (embedding set, block, weight, head, "
+                    "side) cells are beyond chance in both, in one, in neither (Jaccard); the principal angles "
+                    "between matched aligned subspaces against random subspaces; and, given both atlases, the "
+                    "rank correlation of their damage over singular indices.")
+    p.add_argument("model_a", metavar="MODEL_A", help="zoo name or checkpoint directory")
+    p.add_argument("model_b", metavar="MODEL_B", help="zoo name or checkpoint directory")
+    p.add_argument("--atlas-a", type=Path, metavar="CSV", help="MODEL_A's atlas table (atlas.csv of surgery atlas)")
+    p.add_argument("--atlas-b", type=Path, metavar="CSV", help="MODEL_B's atlas table")
+    p.add_argument("--out", type=Path, help="write cells.csv, agreement.csv, damage.csv and summary.txt here")
+    add_settings_arguments(p, AlignmentSettings, skip=("top", "sides"), defaults={"weights": ("K", "V", "OV")})
+    p.set_defaults(func=run)
+
+
+def read_csv(path: Path) -> dict:
+    """A CSV file as columns of numpy arrays (numbers where every value parses, text otherwise)."""
+    import csv
+
+    import numpy as np
+
+    from surgery.errors import SurgeryError
+
+    if not path.is_file():
+        raise FileNotFoundError(f"no atlas table at {path}")
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise SurgeryError(f"{path} has no rows")
+    missing = [c for c in ("block", "weight", "head", "idx", "damage") if c not in rows[0]]
+    if missing:
+        raise SurgeryError(f"{path} lacks the columns {missing}; an atlas table has block, weight, head, idx, damage")
+    out = {}
+    for c in rows[0]:
+        vals = [r[c] for r in rows]
+        try:
+            out[c] = np.array([float(v) if v not in ("", "None", "nan") else np.nan for v in vals])
+        except ValueError:
+            out[c] = np.array(vals, dtype=object)
+    return out
+
+
+def run(args) -> int:
+    import surgery
+    from surgery.analysis.settings import AlignmentSettings
+    from surgery.experiments.compare import compare_models
+    from surgery.files import write_atomic
+
+    settings = settings_from_args(AlignmentSettings, args)
+    a, b = surgery.load(args.model_a), surgery.load(args.model_b)
+    atlases = [read_csv(p) if p else None for p in (args.atlas_a, args.atlas_b)]
+    c = compare_models(a, b, settings, atlas_a=atlases[0], atlas_b=atlases[1], names=(args.model_a, args.model_b))
+    print(c)
+    if args.out:
+        write_atomic(args.out / "cells.csv", c.cells.to_csv())
+        write_atomic(args.out / "agreement.csv", c.agreement.to_csv())
+        if c.damage is not None:
+            write_atomic(args.out / "damage.csv", c.damage.to_csv())
+        write_atomic(args.out / "summary.txt", str(c) + "\n")
+        print(f"wrote {args.out}/cells.csv, agreement.csv{', damage.csv' if c.damage is not None else ''}, summary.txt")
+    return 0

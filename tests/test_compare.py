@@ -1,0 +1,85 @@
+"""`surgery compare`: agreement of findings between two models, matched residual bases, damage profiles."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+import surgery
+from surgery import cli
+from surgery.experiments.compare import overlap, overlap_pvalue, compare_models, damage_profiles, label_map
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def hopper():
+    return surgery.load("hopper")
+
+
+def test_a_model_agrees_with_itself(hopper):
+    c = compare_models(hopper, hopper, embeddings=["action_out", "state_in"], weights=["K", "V"])
+    agree = c.agreement.rows()
+    assert all(r["only_a"] == 0 and r["only_b"] == 0 and r["both"] > 0 and r["jaccard"] == 1.0 for r in agree)
+    ov, p = np.asarray(c.cells["overlap"], float), np.asarray(c.cells["p_overlap"], float)
+    assert np.isfinite(ov).any() and np.allclose(ov[np.isfinite(ov)], 1.0, atol=1e-9)
+    assert (p[np.isfinite(p)] < 0.05).all()  # the same subspace overlaps more than random ones do
+
+
+def test_a_trained_model_and_an_untrained_twin_share_little(hopper):
+    torch.manual_seed(0)
+    untrained = type(hopper.model)(hopper.model.config).eval()
+    twin = surgery.load(untrained, metadata=hopper.metadata)
+    c = compare_models(hopper, twin, embeddings=["action_out"], weights=["K", "V"])
+    row = c.agreement.rows()[0]
+    assert row["only_a"] > 0 and row["both"] < row["only_a"]
+
+
+def test_label_coordinates_do_not_depend_on_the_residual_basis():
+    """Rotating a model's whole residual space (embeddings and vectors alike) changes no label-space angle."""
+    g = torch.Generator().manual_seed(1)
+    E = torch.randn(11, 16, generator=g, dtype=torch.float64)
+    E /= E.norm(dim=1, keepdim=True)
+    U = torch.linalg.qr(torch.randn(16, 3, generator=g, dtype=torch.float64)).Q
+    Q = torch.linalg.qr(torch.randn(16, 16, generator=g, dtype=torch.float64)).Q
+    M, Mq = label_map(E), label_map(E @ Q)
+    assert torch.allclose(M @ U, Mq @ (Q.T @ U), atol=1e-10)  # the same coordinates in the rotated frame
+    assert float(overlap(M @ U, Mq @ (Q.T @ U))) == pytest.approx(1.0, abs=1e-10)
+
+
+def test_the_angle_null_is_calibrated():
+    """p-values of the label-space overlap of random subspaces are uniform."""
+    g = torch.Generator().manual_seed(3)
+    d, n, ka, kb = 12, 6, 2, 3
+    Ma = label_map(torch.randn(n, d, generator=g, dtype=torch.float64))
+    Mb = label_map(torch.randn(n, d, generator=g, dtype=torch.float64))
+    ps = []
+    for i in range(150):
+        A = torch.linalg.qr(torch.randn(d, ka, generator=g, dtype=torch.float64)).Q
+        B = torch.linalg.qr(torch.randn(d, kb, generator=g, dtype=torch.float64)).Q
+        ps.append(overlap_pvalue(float(overlap(Ma @ A, Mb @ B)), Ma, Mb, ka, kb, draws=400, seed=1000 + i))
+    assert stats.kstest(ps, "uniform").pvalue > 0.001
+
+
+def test_damage_profiles_rank_correlation():
+    idx = np.arange(8)
+    damage = np.linspace(100, 0, 8)
+    a = {"block": np.zeros(8), "weight": np.array(["K"] * 8, dtype=object), "head": np.full(8, np.nan),
+         "idx": idx, "damage": damage}
+    same = damage_profiles(a, a).rows()[0]
+    flipped = damage_profiles(a, {**a, "damage": damage[::-1]}).rows()[0]
+    assert same["rho"] == pytest.approx(1.0) and flipped["rho"] == pytest.approx(-1.0) and same["n"] == 8
+
+
+def test_models_of_other_shapes_are_refused(hopper):
+    with pytest.raises(surgery.SurgeryError, match="differ in shape|do not share"):
+        compare_models(hopper, surgery.load("halfcheetah"), embeddings=["action_out"], weights=["K"])
+
+
+def test_cli_bad_atlas_table_is_one_line(tmp_path, capsys):
+    bad = tmp_path / "atlas.csv"
+    bad.write_text("block,weight\n0,K\n")
+    code = cli.main(["compare", "hopper", "hopper", "--atlas-a", str(bad), "--atlas-b", str(bad)])
+    err = capsys.readouterr().err
+    assert code == 2 and "lacks the columns" in err and len(err.strip().splitlines()) == 1
