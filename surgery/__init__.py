@@ -3,6 +3,7 @@
     model = surgery.load("hopper")                       # the one door: zoo name, checkpoint dir, or model
     U, S, V = surgery.decompose(model, block=1, weight="K")
     with surgery.patch(model, block=1, weight="K", idx=0): ...
+    surgery.Patch(model, edits).save("edit/"); p = surgery.load_patch("edit/", model)   # edits as files
 
 The package is layered (imports run down only): `adapters` (architecture maps) < `surgery.core`
 (decompositions, patches) < `surgery.analysis` (alignment, chance, reports) < `surgery.behaviour`
@@ -19,6 +20,7 @@ _EXPORTS = {
     "Adapter": "adapters", "register": "adapters", "supported": "adapters", "wrap": "adapters",
     "SVD": "surgery.core.decomposition", "decompose": "surgery.core.decomposition",
     "Edit": "surgery.core.patching", "Patch": "surgery.core.patching", "patch": "surgery.core.patching",
+    "load_patch": "surgery.core.saved",
     "load": "surgery.loading",
     "alignment": "surgery.analysis.alignment", "locate": "surgery.analysis.localisation",
     "EvalResult": "surgery.behaviour.evaluation", "evaluate": "surgery.behaviour.evaluation",
@@ -37,6 +39,7 @@ if TYPE_CHECKING:  # what editors and type checkers see through the lazy exports
     from surgery.behaviour.evaluation import EvalResult, evaluate, evaluate_pair
     from surgery.core.decomposition import SVD, decompose
     from surgery.core.patching import Edit, Patch, patch
+    from surgery.core.saved import load_patch
     from surgery.errors import SurgeryError
     from surgery.loading import load
 

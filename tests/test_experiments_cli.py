@@ -43,6 +43,9 @@ def test_edit_eval_writes_report_figures_and_video(checkpoint, tmp_path, capsys)
     (["edit-eval", "{ckpt}", "--block", "0", "--weight", "K", "--op", "scale"], "--op scale needs --value"),
     (["edit-eval", "{ckpt}", "--block", "0", "--weight", "OV"], "per head: give head="),
     (["edit-eval", "{missing}", "--block", "0", "--weight", "K"], "does not exist"),
+    (["edit-eval", "{ckpt}", "--weight", "K"], "say which edit: --block B --weight W"),
+    (["edit-eval", "{ckpt}", "--edits", "{missing}", "--block", "0"], "give either --edits DIR"),
+    (["edit-eval", "{ckpt}", "--edits", "{missing}"], "no saved patch at"),
     (["validate", "{ckpt}", "--embedding", "nope"], "nope"),
     (["validate", "{ckpt}", "--alpha", "2"], "alpha"),
 ])
@@ -55,7 +58,6 @@ def test_bad_input_is_one_clear_line(checkpoint, tmp_path, capsys, argv, message
 
 @pytest.mark.parametrize("argv, message", [
     (["edit-eval", "M", "--block", "0", "--weight", "W"], "invalid choice: 'W'"),
-    (["edit-eval", "M", "--weight", "K"], "the following arguments are required: --block"),
     (["edit-eval", "M", "--block", "0", "--weight", "K", "--episodes", "0"], "must be a positive integer"),
     (["validate", "M", "--top", "-1"], "must be a positive integer"),
     (["validate", "M", "--op", "scale"], "invalid choice: 'scale'"),

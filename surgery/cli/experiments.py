@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 from surgery.cli.args import add_rollout_arguments, load_dt, non_negative_int, positive_int
@@ -25,21 +26,30 @@ def _common(p) -> None:
 def _register_edit_eval(subparsers) -> None:
     p = subparsers.add_parser(
         "edit-eval", help="evaluate a model with and without one edit on the same seeds; statistics, figures, video",
-        description="Apply an edit with surgery.patch, evaluate the same model with and without it on the same "
-                    "seeds, and compare: paired Wilcoxon and permutation tests, effect sizes, failure rates with "
-                    "Wilson intervals, McNemar, Kaplan-Meier survival. Writes report.md/.json and figures to --out; "
-                    "rerunning the same command resumes.")
+        description="Apply an edit with surgery.patch (or a saved one: --edits DIR), evaluate the same model with "
+                    "and without it on the same seeds, and compare: paired Wilcoxon and permutation tests, effect "
+                    "sizes, failure rates with Wilson intervals, McNemar, Kaplan-Meier survival. Writes "
+                    "report.md/.json and figures to --out; rerunning the same command resumes.")
     _common(p)
-    p.add_argument("--block", type=non_negative_int, required=True, help="transformer block")
-    p.add_argument("--weight", required=True, choices=WEIGHTS, help="K (MLP in), V (MLP out), OV or QK (per head)")
-    p.add_argument("--idx", type=non_negative_int, default=0, help="singular triple, 0 = largest (default 0)")
+    p.add_argument("--block", type=non_negative_int, help="transformer block (required unless --edits)")
+    p.add_argument("--weight", choices=WEIGHTS,
+                   help="K (MLP in), V (MLP out), OV or QK (per head); required unless --edits")
+    p.add_argument("--idx", type=non_negative_int, help="singular triple, 0 = largest (default 0)")
     p.add_argument("--head", type=non_negative_int, help="attention head (OV and QK)")
-    p.add_argument("--op", choices=SCALAR_OPS, default="constant",
+    p.add_argument("--op", choices=SCALAR_OPS,
                    help="constant (the study's: the vector set to VALUE * ones, default 1/d_model), zero, "
-                        "scale (the singular value times VALUE), keep_top (keep only the first VALUE triples)")
+                        "scale (the singular value times VALUE), keep_top (keep only the first VALUE triples); "
+                        "default constant")
     p.add_argument("--value", type=float, help="the op's value (see --op)")
     p.add_argument("--side", choices=SIDES,
                    help="edit the read (in) or write (out) vector (default: the side facing the residual stream)")
+    p.add_argument("--edits", type=Path, metavar="DIR",
+                   help="evaluate the patch saved in DIR (Patch.save, --save-edit) instead of --block/--weight/...: "
+                        "its saved update factors, refused if this model's edited weights are not the ones it was "
+                        "saved for")
+    p.add_argument("--save-edit", type=Path, metavar="DIR",
+                   help="also save the edit as a folder that --edits, surgery.load_patch and surgery export read "
+                        "(a rerun finding the same edit there uses it)")
     p.add_argument("--out", type=Path, help="output directory (default runs/edit-eval/MODEL-EDIT)")
     p.add_argument("--video", action="store_true", help="also render episode 0 with and without the edit side by "
                    "side (video.gif, video.mp4; MuJoCo renders headless through EGL or OSMesa)")
@@ -78,31 +88,79 @@ def _name(model: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(model).name or "model")
 
 
+EDIT_FLAGS = ("block", "weight", "idx", "head", "op", "value", "side")
+
+
 def run_edit_eval(args) -> int:
     import torch
 
-    from surgery.core.patching import Edit, validate_edit
+    from surgery.core.patching import Edit, Patch, validate_edit
+    from surgery.core.saved import load_patch
     from surgery.experiments import edits as edit_specs
     from surgery.experiments.edit_eval import edit_eval
 
-    if args.op == "zero" and args.value is not None:
-        raise SurgeryError("--op zero takes no --value")
-    if args.op in ("scale", "keep_top") and args.value is None:
-        raise SurgeryError(f"--op {args.op} needs --value ({'a factor' if args.op == 'scale' else 'k, triples to keep'})")
-    value = args.value
-    if args.op == "keep_top":
-        if value != int(value):
-            raise SurgeryError(f"--op keep_top needs an integer --value, got {value:g}")
-        value = int(value)
+    given = [f"--{k}" for k in EDIT_FLAGS if getattr(args, k) is not None]
+    if args.edits is not None and given:
+        raise SurgeryError(f"give either --edits DIR (a saved patch) or the edit's flags, not both "
+                           f"(got --edits and {' '.join(given)})")
+    if args.edits is None:
+        if args.block is None or args.weight is None:
+            raise SurgeryError("say which edit: --block B --weight W [--idx I --head H --op OP --value X --side S], "
+                               "or --edits DIR (a saved patch)")
+        op = args.op or "constant"
+        value = _edit_value(op, args.value)
     model = load_dt(args)
-    edit = validate_edit(model, Edit(block=args.block, weight=args.weight, idx=args.idx, head=args.head, op=args.op,
-                                     value=value, side=args.side))
-    out = args.out or Path("runs") / "edit-eval" / f"{_name(args.model)}-{edit_specs.slug(edit)}"
-    result = edit_eval(model, edit, episodes=args.episodes, seed=args.seed, target_return=args.target_return,
+    if args.edits is not None:
+        patch = load_patch(args.edits, model)
+    else:
+        patch = Patch(model, [validate_edit(model, Edit(block=args.block, weight=args.weight, idx=args.idx or 0,
+                                                        head=args.head, op=op, value=value, side=args.side))])
+    if args.save_edit is not None:
+        patch = _save_edit(patch, args.save_edit, model)
+    edits = patch.edits
+    name = edit_specs.slug(edits[0]) if len(edits) == 1 else f"{len(edits)}-edits-{patch.digest[:12]}"
+    out = args.out or Path("runs") / "edit-eval" / f"{_name(args.model)}-{name}"
+    result = edit_eval(model, patch, episodes=args.episodes, seed=args.seed, target_return=args.target_return,
                        out=out, dtype=torch.bfloat16 if args.bf16 else torch.float32, max_steps=args.max_steps,
                        progress=not args.quiet, video=args.video, source=args.model)
     print(_json(result.to_dict()) if args.json else result.text())
+    if args.edits is not None:
+        print(f"edits: {args.edits} (manifest sha256 {patch.digest})", file=sys.stderr)
     return 0
+
+
+def _edit_value(op: str, value):
+    """The op's value from --value, checked against the op."""
+    if op == "zero" and value is not None:
+        raise SurgeryError("--op zero takes no --value")
+    if op in ("scale", "keep_top") and value is None:
+        raise SurgeryError(f"--op {op} needs --value ({'a factor' if op == 'scale' else 'k, triples to keep'})")
+    if op == "keep_top":
+        if value != int(value):
+            raise SurgeryError(f"--op keep_top needs an integer --value, got {value:g}")
+        value = int(value)
+    return value
+
+
+def _save_edit(patch, folder: Path, model):
+    """Save the patch to `folder`; a folder already holding the same edits of these weights (a rerun) is
+    loaded instead, so the run applies exactly the factors the folder holds."""
+    from surgery.core.saved import load_patch
+    from surgery.experiments.edits import label, tag
+
+    if not folder.exists():
+        patch.save(folder)
+        print(f"edit saved to {folder}", file=sys.stderr)
+        return patch
+    try:
+        there = load_patch(folder, model)
+    except SurgeryError as e:
+        raise SurgeryError(f"--save-edit {folder} exists and cannot be reused: {e}") from None
+    if [tag(e) for e in there.edits] != [tag(e) for e in patch.edits]:
+        raise SurgeryError(f"--save-edit {folder} already holds other edits ({'; '.join(map(label, there.edits))}); "
+                           "choose another folder")
+    print(f"edit already saved in {folder}; applying its saved factors", file=sys.stderr)
+    return there
 
 
 def run_validate(args) -> int:

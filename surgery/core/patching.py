@@ -98,7 +98,7 @@ class Patch:
         saved: list[tuple[torch.Tensor, torch.Tensor]] = []
         try:
             # Compute every update before changing anything, so edits of one weight do not see each other.
-            updates = [u for e in self.edits for u in _updates(self.adapter, e)]
+            updates = [u for per_edit in self._plan() for u in per_edit]
             befores = {id(base_of(t)): (base_of(t), canonical_version(self.adapter, t)) for t, _, _ in updates}
             # The SVDs of the weights as they are; put back on revert (nested patches evict them).
             svds = {k: entry for k, entry in state(self.adapter).svd_cache.items() if any(i in befores for i, _ in entry[0])}
@@ -137,6 +137,16 @@ class Patch:
         if out_of_order:
             raise RuntimeError("patches exited out of order (they must nest last-in-first-out); the weights "
                                "were restored by also reverting the patches applied after this one")
+
+    def save(self, directory, *, overwrite: bool = False):
+        """Write this patch (not applied) to a folder that `surgery.load_patch` reads back (surgery.core.saved)."""
+        from surgery.core.saved import save_patch
+
+        return save_patch(self, directory, overwrite=overwrite)
+
+    def _plan(self) -> list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
+        """Per edit, the updates `target += left @ right` that apply adds: what save writes, too."""
+        return [_updates(self.adapter, e) for e in self.edits]
 
     def _restore(self) -> None:
         try:

@@ -9,6 +9,7 @@ import torch
 from surgery import stats
 from surgery.behaviour.evaluation import EvalResult, evaluate_pair
 from surgery.core.patching import Patch, as_edit, validate_edit
+from surgery.errors import SurgeryError
 from surgery.experiments import edits as edit_specs
 from surgery.experiments.output import adapter_with_metadata, fmt, fmt_p, model_identity
 from surgery.files import save_figure, to_json, write_atomic
@@ -141,16 +142,22 @@ def edit_eval(model, edit, *, episodes: int = 200, seed: int = 0, target_return:
               out: str | Path | None = None, dtype: torch.dtype = torch.float32, max_steps: int | None = None,
               alpha: float = 0.05, progress: bool = True, video: bool = False, video_kwargs: dict | None = None,
               source=None) -> EditEvaluation:
-    """Evaluate `model` without and with `edit` (an Edit, a dict, or a list applied together) on the same seeds.
+    """Evaluate `model` without and with `edit` (an Edit, a dict, a list applied together, or a Patch of this
+    model, such as `surgery.load_patch(DIR, model)`) on the same seeds.
 
     model: an adapter from `surgery.load` (with .metadata) or a zoo name / checkpoint directory.
     out: a directory for the two results stores (resumable), the report, the figures and the video.
     video: also render episode 0 with and without the edit side by side (out/video.gif, video.mp4).
     """
     adapter = adapter_with_metadata(model, "edit_eval")
-    specs = list(edit) if isinstance(edit, (list, tuple)) else [edit]
-    edit_list = [validate_edit(adapter, as_edit(e)) for e in specs]
-    patch = Patch(adapter.model, edit_list)  # validates every edit before anything runs
+    if isinstance(edit, Patch):  # e.g. a saved patch: it adds its saved factors
+        if edit.adapter.model is not adapter.model:
+            raise SurgeryError("the patch was made for another model object than the one evaluated")
+        patch, edit_list = edit, list(edit.edits)
+    else:
+        specs = list(edit) if isinstance(edit, (list, tuple)) else [edit]
+        edit_list = [validate_edit(adapter, as_edit(e)) for e in specs]
+        patch = Patch(adapter.model, edit_list)  # validates every edit before anything runs
     run = dict(episodes=episodes, seed=seed, target_return=target_return, dtype=dtype, max_steps=max_steps,
                progress=progress)
     baseline, edited = evaluate_pair(adapter, patch, out=out, **run)
