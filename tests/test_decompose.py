@@ -182,3 +182,14 @@ def test_nested_patches_on_one_parameter_keep_the_cache_valid(monkeypatch):
 def test_bad_input(kwargs, message):
     with pytest.raises(ValueError, match=message):
         surgery.decompose(build("gpt2"), **kwargs)
+
+
+def test_a_dtype_change_is_not_served_a_stale_decomposition():
+    """`model.to(dtype)` keeps each parameter's identity and version counter but swaps its data."""
+    model = build("gpt2")
+    before = surgery.decompose(model, 0, "K").S.clone()
+    model.to(torch.bfloat16)
+    after = surgery.decompose(model, 0, "K").S
+    state(model).svd_cache.clear()
+    fresh = surgery.decompose(model, 0, "K").S
+    assert torch.equal(after, fresh) and not torch.equal(before, fresh)

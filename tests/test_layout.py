@@ -16,7 +16,7 @@ LAYERS = [
     ("surgery.behaviour", 5),
     ("surgery.lm", 6), ("surgery.experiments", 6),
     ("surgery.zoo", 7),
-    ("surgery.loading", 8),
+    ("surgery.loading", 8), ("surgery.export", 8),
     ("surgery.cli", 9), ("surgery.__main__", 9),
 ]
 SIBLINGS_APART = {("surgery.lm", "surgery.experiments"), ("surgery.experiments", "surgery.lm")}

@@ -108,7 +108,14 @@ def canonical_version(adapter: Adapter, t: torch.Tensor) -> int:
 
 
 def _stamp(adapter: Adapter, tensors) -> tuple:
-    return tuple((id(base_of(t)), canonical_version(adapter, t)) for t in tensors)
+    """What identifies the contents of the source tensors: object, version, and where and how the data lives.
+
+    The data pointer, dtype and device matter because `model.to(dtype)` swaps a parameter's data
+    without touching its identity or version counter (a cached float32 SVD was served after
+    `model.to(torch.bfloat16)` before they were part of the stamp).
+    """
+    return tuple((id(b), canonical_version(adapter, t), b.data_ptr(), b.dtype, b.device)
+                 for t, b in ((t, base_of(t)) for t in tensors))
 
 
 def _sources(adapter: Adapter, block: int, weight: str, fold_ln: bool) -> list[torch.Tensor]:

@@ -101,7 +101,7 @@ class Patch:
             updates = [u for per_edit in self._plan() for u in per_edit]
             befores = {id(base_of(t)): (base_of(t), canonical_version(self.adapter, t)) for t, _, _ in updates}
             # The SVDs of the weights as they are; put back on revert (nested patches evict them).
-            svds = {k: entry for k, entry in state(self.adapter).svd_cache.items() if any(i in befores for i, _ in entry[0])}
+            svds = {k: entry for k, entry in state(self.adapter).svd_cache.items() if any(s[0] in befores for s in entry[0])}
             # A Ctrl-C during the edit is delivered at the end of this block and rolls the edit back below.
             with _interrupts_deferred(), torch.no_grad():
                 for target, left, right in updates:
