@@ -6,8 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from surgery.cli.args import positive_int
-from surgery.errors import SurgeryError
+from surgery.cli.args import check_out_dir, non_negative_int, positive_int
 
 DEFAULT_OUT = Path("results") / "analysis"
 
@@ -25,8 +24,8 @@ def register(subparsers) -> None:
     p.add_argument("--embeddings", nargs="+", metavar="SET", help="embedding sets (default: every set the model has)")
     p.add_argument("--weights", nargs="+", choices=WEIGHTS, default=list(WEIGHTS), metavar="W",
                    help=f"weights to search, of {', '.join(WEIGHTS)} (default: all)")
-    p.add_argument("--blocks", nargs="+", type=int, metavar="B", help="blocks (default: all)")
-    p.add_argument("--heads", nargs="+", type=int, metavar="H", help="heads of OV and QK (default: all)")
+    p.add_argument("--blocks", nargs="+", type=non_negative_int, metavar="B", help="blocks (default: all)")
+    p.add_argument("--heads", nargs="+", type=non_negative_int, metavar="H", help="heads of OV and QK (default: all)")
     p.add_argument("--vectors", type=positive_int, metavar="N", help="only each weight's first N singular vectors")
     p.add_argument("--top", type=positive_int, default=10, metavar="K", help="labels kept at each end (default 10)")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level after correction (default 0.05)")
@@ -34,7 +33,7 @@ def register(subparsers) -> None:
     p.add_argument("--family", choices=("set", "all"), default="set",
                    help="correct within each embedding set (default) or over all sets together")
     p.add_argument("--draws", type=positive_int, metavar="N", help="Monte Carlo directions per set (default: by size)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random directions (default 0)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed of the random directions (default 0)")
     p.add_argument("--fold-ln", action="store_true", help="fold the preceding LayerNorm gain into the read side")
     p.add_argument("--dtype", choices=("auto", "float32", "float64"), default="auto",
                    help="precision of SVDs and cosines (auto: float64 for DT-sized models, else float32)")
@@ -70,6 +69,7 @@ def cmd_analyze(args) -> int:
     from surgery.analysis.report import build_report, summary_text
 
     progress = not args.quiet and sys.stderr.isatty()
+    out = None if args.no_report else check_out_dir(args.out or DEFAULT_OUT / _safe_name(args.model))
     _quiet_transformers()
     model = surgery.load(args.model, metadata=args.metadata)
     start = time.perf_counter()  # the analysis itself, not loading the model
@@ -80,10 +80,7 @@ def cmd_analyze(args) -> int:
                  method=args.method, progress=progress)
     elapsed = time.perf_counter() - start
     files = []
-    if not args.no_report:
-        out = args.out or DEFAULT_OUT / _safe_name(args.model)
-        if out.exists() and not out.is_dir():
-            raise SurgeryError(f"--out {out} exists and is not a directory")
+    if out is not None:  # checked writable before the analysis, not after it
         report = build_report(loc, args.model, model, elapsed, figures=not args.no_figures, progress=progress)
         report.write(out)  # everything was rendered before the first file is written
         files = [str(out / "report.html"), "report.md", "summary.csv", "weights.csv", "vectors.csv", "alignment.csv"]

@@ -1,7 +1,10 @@
-"""Argument types and option groups shared by the command groups."""
+"""Argument types, output-path checks and option groups shared by the command groups."""
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
+from pathlib import Path
 
 
 def positive_int(text: str) -> int:
@@ -18,6 +21,18 @@ def non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
     return value
+
+
+def device(text: str) -> str:
+    """argparse type: a torch device that exists on this machine (cpu, cuda, cuda:1, mps)."""
+    from surgery.core.dtypes import parse_device
+    from surgery.errors import SurgeryError
+
+    try:
+        parse_device(text)
+    except SurgeryError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def _int(text: str) -> int:
@@ -50,3 +65,58 @@ def load_dt(args):
         raise SurgeryError(f"{args.model} has no metadata.json; pass --metadata FILE with env_id, state_mean/std, "
                            "return_scale and context_len")
     return model
+
+
+def check_out_file(path, force: bool = False, flag: str = "--out") -> Path:
+    """Before any long work: `path` can be written as a file (an existing one only with `force`)."""
+    from surgery.errors import SurgeryError
+
+    path = Path(path)
+    if path.is_dir():
+        raise SurgeryError(f"{flag} {path} is a directory; name a file, e.g. {path / 'scan.json'}")
+    if path.exists() and not force:
+        raise SurgeryError(f"{flag} {path} exists; pass --force to overwrite it, or name another file")
+    parent = path.parent
+    if not parent.exists():
+        raise SurgeryError(f"{flag} {path}: {parent} does not exist")
+    if not parent.is_dir():
+        raise SurgeryError(f"{flag} {path}: {parent} is not a directory")
+    _probe(parent, flag, path)
+    return path
+
+
+def check_out_dir(path, flag: str = "--out") -> Path:
+    """Before any long work: `path` is a directory that can be written, or one that can be made."""
+    from surgery.errors import SurgeryError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise SurgeryError(f"{flag} {path} exists and is not a directory")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise SurgeryError(f"{flag} {path}: {existing} is a file, not a directory")
+    _probe(existing, flag, path)
+    return path
+
+
+def _probe(directory: Path, flag: str, path: Path) -> None:
+    """Create and delete a file in `directory`: permissions, read-only mounts and quotas all show up here."""
+    from surgery.errors import SurgeryError
+
+    try:
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".surgery-write-test-"):
+            pass
+    except OSError as e:
+        raise SurgeryError(f"{flag} {path}: cannot write in {directory} ({e.strerror or e})") from None
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a file whole or not at all: a temporary file beside it, then a rename."""
+    fd, tmp = tempfile.mkstemp(dir=Path(path).parent, prefix=f".{Path(path).name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
