@@ -11,9 +11,9 @@ from tests.conftest import build
 
 TENSOR_DEFECTS = ("missing", "more_blocks", "unexpected", "shape", "nan", "inf")
 """Defects of the tensors themselves: the file reads fine, its contents do not fit the config."""
-FILE_DEFECTS = ("truncated", "empty", "garbage", "no_weights")
+FILE_DEFECTS = ("truncated", "empty", "garbage", "bad_offsets", "dangling_link", "no_weights")
 """Defects of model.safetensors as a file."""
-SHARD_DEFECTS = ("missing_shard", "shard_lacks_tensor", "index_not_json")
+SHARD_DEFECTS = ("missing_shard", "shard_lacks_tensor", "index_not_json", "pickle_shard")
 """Defects of a sharded checkpoint (model.safetensors.index.json + shards)."""
 PICKLE_FILES = ("pytorch_model.bin", "model.pt", "model.pth", "model.ckpt", "pytorch_model.bin.index.json")
 """Pickle checkpoints (alone in the directory, no safetensors): refused, never unpickled."""
@@ -55,7 +55,7 @@ def damage(directory: Path, defect: str, marker: Path | None = None) -> str | No
 
     st = directory / "model.safetensors"
     if defect in SHARD_DEFECTS:
-        return _damage_shards(directory, defect)
+        return _damage_shards(directory, defect, marker or directory / "PWNED")
     if defect.startswith("pickle:"):
         name = defect.split(":", 1)[1]
         state = load_file(st)
@@ -75,6 +75,17 @@ def damage(directory: Path, defect: str, marker: Path | None = None) -> str | No
             st.write_bytes(b"")
         elif defect == "garbage":
             st.write_bytes(b"this is not a safetensors file at all" * 10)
+        elif defect == "bad_offsets":  # a header whose byte range disagrees with the tensor's shape
+            n = int.from_bytes(data[:8], "little")
+            header = json.loads(data[8:8 + n])
+            name = target(k for k in header if k != "__metadata__")
+            header[name]["shape"] = [header[name]["shape"][0] // 2, header[name]["shape"][1]]
+            raw = json.dumps(header).encode().ljust(n)
+            st.write_bytes(len(raw).to_bytes(8, "little") + raw + data[8 + n:])
+            return name
+        elif defect == "dangling_link":  # a Hugging Face cache whose blob never arrived
+            st.unlink()
+            st.symlink_to(directory / "blobs-never-downloaded")
         else:
             st.unlink()
         return None
@@ -99,7 +110,7 @@ def damage(directory: Path, defect: str, marker: Path | None = None) -> str | No
     return name
 
 
-def _damage_shards(directory: Path, defect: str) -> str | None:
+def _damage_shards(directory: Path, defect: str, marker: Path) -> str | None:
     from safetensors.torch import load_file, save_file
 
     index_file = directory / "model.safetensors.index.json"
@@ -108,6 +119,12 @@ def _damage_shards(directory: Path, defect: str) -> str | None:
     name = sorted(k for k, v in index["weight_map"].items() if v == shard)[0]
     if defect == "missing_shard":
         (directory / shard).unlink()
+    elif defect == "pickle_shard":  # the index names a pickle where a .safetensors shard belongs
+        pickled = shard.replace(".safetensors", ".bin")
+        (directory / pickled).write_bytes(pickle.dumps({"payload": Boom(marker)}))
+        index["weight_map"] = {k: pickled if v == shard else v for k, v in index["weight_map"].items()}
+        index_file.write_text(json.dumps(index))
+        return None
     elif defect == "shard_lacks_tensor":
         state = load_file(directory / shard)
         del state[name]
