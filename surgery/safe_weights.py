@@ -342,8 +342,14 @@ def _read(entries: dict[str, Entry], names: dict[str, str], dtype: torch.dtype, 
     return state
 
 
+def _all_finite(t: torch.Tensor, chunk: int = 1 << 24) -> bool:
+    """torch.isfinite(t).all() without a bool mask the size of t (GPT-J's embedding: 206 MB of it)."""
+    flat = t.reshape(-1)
+    return all(bool(torch.isfinite(part).all()) for part in flat.split(chunk))
+
+
 def _checked(t: torch.Tensor, stored: torch.Tensor, file: Path, name: str) -> torch.Tensor:
-    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+    if t.is_floating_point() and not _all_finite(t):
         bad = int((~torch.isfinite(stored)).sum())
         if bad:
             first = tuple(int(i) for i in (~torch.isfinite(stored)).nonzero()[0])
