@@ -68,8 +68,11 @@ def test_random_gpt2_head_is_tied_as_its_config_says(dtype):
     assert torch.equal(a.embedding_sets()["token_out"].vectors[7], torch.full((768,), 0.5, dtype=m.dtype))
 
 
-@pytest.mark.parametrize("device, blocks, message", [("bogus", 1, "device='bogus' is not a device"),
-                                                     ("cpu", 0, "n_blocks=0 must be a positive number")])
+@pytest.mark.parametrize("device, blocks, message", [
+    ("bogus", 1, "device='bogus' is not a device"),
+    ("cpu", 0, r"n_blocks=0 is not a number of blocks of gpt2-small \(valid: 1..12, or None: all\)"),
+    ("cpu", 13, r"n_blocks=13 is not a number of blocks of gpt2-small"),  # more than the shape: memory, no meaning
+])
 def test_random_model_bad_input(device, blocks, message):
     with pytest.raises(SurgeryError, match=message):
         lm_load.random_lm("gpt2-small", n_blocks=blocks, device=device)

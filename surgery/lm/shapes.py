@@ -28,10 +28,10 @@ def random_lm(shape: str, n_blocks: int | None = None, device="cpu", dtype="floa
 
     if shape not in SHAPES:
         raise SurgeryError(f"shape={shape!r} is not known; valid: {', '.join(SHAPES)}")
-    if n_blocks is not None and (isinstance(n_blocks, bool) or not isinstance(n_blocks, int) or n_blocks < 1):
-        raise SurgeryError(f"n_blocks={n_blocks!r} must be a positive number of blocks (or None: the shape's)")
-    device, dtype = parse_device(device) or torch.device("cpu"), parse_dtype(dtype) or torch.float32
     kind, d, h, d_mlp, L, vocab = SHAPES[shape]
+    if n_blocks is not None and (isinstance(n_blocks, bool) or not isinstance(n_blocks, int) or not 1 <= n_blocks <= L):
+        raise SurgeryError(f"n_blocks={n_blocks!r} is not a number of blocks of {shape} (valid: 1..{L}, or None: all)")
+    device, dtype = parse_device(device) or torch.device("cpu"), parse_dtype(dtype) or torch.float32
     n = L if n_blocks is None else n_blocks
     if kind == "gpt2":
         model_cls, cfg = tf.GPT2LMHeadModel, tf.GPT2Config(vocab_size=vocab, n_embd=d, n_head=h, n_inner=d_mlp, n_layer=n)
