@@ -34,8 +34,7 @@ class Boom:
 
 def target(state_keys) -> str:
     """The tensor a defect damages: block 1's MLP input weight (every kind has one)."""
-    return next(k for k in sorted(state_keys) if ".h.1." in f".{k}" and ".mlp." in k and k.endswith("fc.weight")
-                or ".h.1.mlp.fc_in.weight" in f".{k}")
+    return next(k for k in sorted(state_keys) if k.endswith((".h.1.mlp.c_fc.weight", ".h.1.mlp.fc_in.weight")))
 
 
 def save(kind: str, directory: Path, sharded: bool = False) -> Path:
