@@ -8,14 +8,22 @@ from pathlib import Path
 import torch
 
 from adapters import Adapter, wrap
-from surgery.core.dtypes import parse_dtype
+from surgery.core.dtypes import parse_device, parse_dtype
 from surgery.errors import SurgeryError
+from surgery.safe_weights import check_config_ints, read_model
 
 # config.json "model_type" -> (class for an "architectures" entry naming a bare body, default class)
 _HF_CLASSES = {
     "decision_transformer": ("DecisionTransformerModel", "DecisionTransformerModel"),
     "gpt2": ("GPT2Model", "GPT2LMHeadModel"),
     "gptj": ("GPTJModel", "GPTJForCausalLM"),
+}
+# config.json numbers a model is built from: (positive integers, positive integers or null); absent ones take
+# transformers' defaults. (A decision transformer's are checked by surgery.behaviour.checkpoint.)
+_CONFIG_INTS = {
+    "decision_transformer": (("state_dim", "act_dim", "hidden_size", "n_layer", "n_head", "max_ep_len"), ("n_inner",)),
+    "gpt2": (("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"), ("n_inner",)),
+    "gptj": (("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"), ("n_inner", "rotary_dim")),
 }
 
 
@@ -24,13 +32,15 @@ def load(source, *, metadata=None, tokenizer=None, dtype=None, device: str | tor
 
     `source` is a model object (or an Adapter), a local Hugging Face checkpoint directory, the name
     of a model shipped in the zoo, or a model id already in the local Hugging Face cache. Nothing is
-    ever downloaded. Checkpoints are read straight into `dtype` (a torch dtype or "bf16", "fp16",
-    "float32"...): GPT-J in bf16 needs 12 GB, not the 24 GB of float32. `metadata` (decision
+    ever downloaded. Checkpoints are read from safetensors only (pickle files are refused, never
+    opened), every tensor checked against the config before any analysis (`surgery.safe_weights`),
+    straight into `dtype` (a torch dtype or "bf16", "fp16", "float32"...; default: the checkpoint's)
+    and onto `device`: GPT-J in bf16 needs 12 GB, not the 24 GB of float32. `metadata` (decision
     transformers: a DTMetadata, dict or JSON path) and `tokenizer` (LMs) are attached to the adapter.
     """
-    dtype = parse_dtype(dtype)
+    dtype, device = parse_dtype(dtype), parse_device(device)
     if isinstance(source, (str, Path)):
-        adapter = _load_path(source, metadata, dtype)
+        adapter = _load_path(source, metadata, dtype, device)
     else:
         adapter = wrap(source)
         if metadata is not None:
@@ -42,10 +52,10 @@ def load(source, *, metadata=None, tokenizer=None, dtype=None, device: str | tor
     return adapter
 
 
-def _load_path(source, metadata, dtype) -> Adapter:
+def _load_path(source, metadata, dtype, device) -> Adapter:
     path = Path(source).expanduser()
     if path.is_dir():
-        return _load_dir(path, metadata, dtype)
+        return _load_dir(path, metadata, dtype, device)
     if path.exists():
         raise SurgeryError(f"{path} is a file; expected a checkpoint directory holding config.json")
     if _looks_like_path(str(source)):
@@ -56,7 +66,7 @@ def _load_path(source, metadata, dtype) -> Adapter:
         return _zoo_checkpoint(zoo.resolve(str(source)), metadata)
     cached = _hf_cache_snapshot(str(source))
     if cached is not None:
-        return _load_dir(cached, metadata, dtype)
+        return _load_dir(cached, metadata, dtype, device)
     hint = f"; zoo models: {', '.join(zoo.names())}" if zoo.names() else ""
     raise FileNotFoundError(f"{source!r} is neither a checkpoint directory, a zoo model name nor a model in the "
                             f"local Hugging Face cache (nothing is downloaded; fetch it yourself first, e.g. "
@@ -78,15 +88,15 @@ def _hf_cache_snapshot(model_id: str) -> Path | None:
         return None
 
 
-def _load_dir(path: Path, metadata, dtype=None) -> Adapter:
+def _load_dir(path: Path, metadata, dtype=None, device=None) -> Adapter:
     config_file = path / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{path} has no config.json: not a Hugging Face checkpoint directory")
     try:
         config = json.loads(config_file.read_text())
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise SurgeryError(f"{config_file} is not valid JSON: {e}") from None
-    model_type = config.get("model_type")
+    model_type = config.get("model_type") if isinstance(config, dict) else None
     if model_type not in _HF_CLASSES:
         raise SurgeryError(f"{path}: model_type {model_type!r} is not supported; "
                            f"supported: {', '.join(sorted(_HF_CLASSES))}")
@@ -96,17 +106,20 @@ def _load_dir(path: Path, metadata, dtype=None) -> Adapter:
     import transformers
 
     bare, default = _HF_CLASSES[model_type]
-    cls_name = bare if bare in config.get("architectures", []) else default
-    # transformers 5 calls it `dtype`, 4.x `torch_dtype`.
-    key = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
-    kwargs = {} if dtype is None else {key: dtype}
-    model = getattr(transformers, cls_name).from_pretrained(path, local_files_only=True, **kwargs)
-    model.eval()
-    adapter = wrap(model)
+    cls = getattr(transformers, bare if bare in (config.get("architectures") or []) else default)
+    check_config_ints(config, config_file, *_CONFIG_INTS[model_type])
+    try:
+        hf_config = cls.config_class.from_dict(config)
+    except (TypeError, ValueError) as e:
+        raise SurgeryError(f"{config_file} is not a valid {cls.config_class.__name__}: {e}") from None
+    adapter = wrap(read_model(cls, hf_config, path, dtype=dtype, device=device))
     if metadata is not None:
         adapter.metadata = _as_metadata(metadata)
     if model_type != "decision_transformer" and any((path / f).is_file() for f in ("tokenizer.json", "vocab.json")):
-        adapter.tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+        try:
+            adapter.tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
+        except (OSError, ValueError) as e:
+            raise SurgeryError(f"{path}: its tokenizer files cannot be read: {type(e).__name__}: {e}") from None
     return adapter
 
 

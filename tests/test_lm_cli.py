@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from surgery.cli import lm as lm_cli
 from tests.lm_fixtures import make_tokenizer, saved_model
 
@@ -27,5 +29,8 @@ def test_errors_are_one_line(tmp_path, capsys):
     assert lm_cli.main(["scan", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("surgery lm scan: error: ") and "nowhere' does not exist" in err
-    assert lm_cli.main(["scan", "random:gpt2-small", "--blocks", "1", "--k", "0"]) == 2
-    assert "k=0 must be a positive number" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # a count is checked as the arguments are parsed
+        lm_cli.main(["scan", "random:gpt2-small", "--blocks", "1", "--k", "0"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err == ("surgery lm scan: error: argument --k: must be a positive integer, got '0' "
+                                       "(see surgery lm scan --help)\n")

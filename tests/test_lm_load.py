@@ -6,6 +6,7 @@ import torch
 
 import surgery
 from surgery.core.dtypes import parse_dtype
+from surgery.errors import SurgeryError
 from surgery.lm import shapes as lm_load
 from tests.lm_fixtures import make_tokenizer, saved_model
 
@@ -50,3 +51,28 @@ def test_random_model_of_a_published_shape(shape):
     assert a.mlp_in(0).dtype == torch.bfloat16 and a.embedding_sets()["token_out"].vectors.shape == (vocab, d)
     std = a.mlp_in(0).float().std().item()
     assert 0.019 < std < 0.021
+    assert (m.lm_head.weight is m.transformer.wte.weight) == m.config.tie_word_embeddings == (kind == "gpt2")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bf16"])
+def test_random_gpt2_head_is_tied_as_its_config_says(dtype):
+    m = lm_load.random_lm("gpt2-small", n_blocks=1, dtype=dtype)
+    assert m.config.tie_word_embeddings
+    assert m.lm_head.weight is m.transformer.wte.weight
+    assert m.lm_head.weight.data_ptr() == m.transformer.wte.weight.data_ptr()
+    a = surgery.wrap(m)
+    sets = a.embedding_sets()
+    assert torch.equal(sets["token_in"].vectors, sets["token_out"].vectors)
+    with torch.no_grad():  # an edit of the token embeddings is seen by the output head too
+        m.transformer.wte.weight[7] = 0.5
+    assert torch.equal(a.embedding_sets()["token_out"].vectors[7], torch.full((768,), 0.5, dtype=m.dtype))
+
+
+@pytest.mark.parametrize("device, blocks, message", [
+    ("bogus", 1, "device='bogus' is not a device"),
+    ("cpu", 0, r"n_blocks=0 is not a number of blocks of gpt2-small \(valid: 1..12, or None: all\)"),
+    ("cpu", 13, r"n_blocks=13 is not a number of blocks of gpt2-small"),  # more than the shape: memory, no meaning
+])
+def test_random_model_bad_input(device, blocks, message):
+    with pytest.raises(SurgeryError, match=message):
+        lm_load.random_lm("gpt2-small", n_blocks=blocks, device=device)

@@ -17,6 +17,7 @@ import torch
 from surgery.behaviour.evaluation import EpisodeRecord, evaluate
 from surgery.behaviour.hf_loop import untrained_dt
 from surgery.behaviour.results_store import RESULTS_FILE, ResultsStore, fingerprint
+from surgery.core.threads import torch_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -133,6 +134,8 @@ def _spec_of(directory: Path) -> dict:
 
 CHILD = textwrap.dedent("""
     import sys
+    import torch
+    torch.set_num_threads(1)  # records are bitwise reproducible for one thread count, not across counts
     from surgery.behaviour.evaluation import evaluate
     from surgery.behaviour.hf_loop import untrained_dt
     model, md = untrained_dt("HalfCheetah-v5")
@@ -169,15 +172,17 @@ def test_sigkill_mid_run_then_resume(tmp_path):
 
     model, md = untrained_dt("HalfCheetah-v5")
     started = time.time()
-    resumed = evaluate(model, episodes=episodes, seed=5, metadata=md, progress=False, max_steps=30, batch_size=1,
-                       out=tmp_path)
+    with torch_threads(1):  # as in the child
+        resumed = evaluate(model, episodes=episodes, seed=5, metadata=md, progress=False, max_steps=30,
+                           batch_size=1, out=tmp_path)
     assert [r.episode for r in resumed.records] == list(range(episodes))
     con = sqlite3.connect(path)
     rows = con.execute("SELECT episode, finished_at FROM episodes").fetchall()
     con.close()
     assert len(rows) == episodes == len({e for e, _ in rows})
     assert sum(t >= started for _, t in rows) == episodes - done_before  # only the missing ones were run
-    fresh = evaluate(model, episodes=episodes, seed=5, metadata=md, progress=False, max_steps=30, batch_size=1)
+    with torch_threads(1):
+        fresh = evaluate(model, episodes=episodes, seed=5, metadata=md, progress=False, max_steps=30, batch_size=1)
     assert resumed.records == fresh.records
 
 

@@ -8,7 +8,6 @@ were searched.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
@@ -20,6 +19,7 @@ from surgery.analysis.cosines import SearchSet, unit_rows
 from surgery.analysis.settings import FAMILIES, AlignmentSettings
 from surgery.analysis.tables import Table
 from surgery.core.decomposition import RESIDUAL_SIDES, decompose
+from surgery.core.threads import torch_threads
 from surgery.errors import SurgeryError
 from surgery.names import CORRECTIONS
 from surgery.stats import adjust_pvalues
@@ -149,18 +149,10 @@ def _small(adapter, sets) -> bool:
     return adapter.d_model <= 256 and sum(s.vectors.shape[0] for s in sets) <= 20_000
 
 
-@contextmanager
 def _one_thread(small: bool):
     """Run small problems on one thread: for a DT's 128-wide matrices, waking a second BLAS thread costs
     more than it saves, and on a busy machine a contended thread pool makes each call ~100x slower."""
-    before = torch.get_num_threads()
-    if small and before > 1:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)
+    return torch_threads(1 if small else None)
 
 
 # ---- validation ------------------------------------------------------------------------------------

@@ -23,9 +23,9 @@ class AlignmentSettings:
     """Embedding sets to compare with (default: every set the model has)."""
     weights: tuple[str, ...] = field(default=WEIGHTS, metadata={"choices": WEIGHTS, "metavar": "W"})
     """Weights whose residual-facing singular vectors are searched."""
-    blocks: tuple[int, ...] | None = field(default=None, metadata={"metavar": "B"})
+    blocks: tuple[int, ...] | None = field(default=None, metadata={"metavar": "B", "nonnegative": True})
     """Blocks (default: all)."""
-    heads: tuple[int, ...] | None = field(default=None, metadata={"metavar": "H"})
+    heads: tuple[int, ...] | None = field(default=None, metadata={"metavar": "H", "nonnegative": True})
     """Heads of OV and QK (default: all)."""
     vectors: int | None = field(default=None, metadata={"metavar": "N", "positive": True})
     """Only each weight's first N singular vectors (in Python also explicit indices or a slice; default: all)."""
@@ -42,7 +42,7 @@ class AlignmentSettings:
     """SVD route passed to surgery.decompose (gram: faster for wide models; default exact)."""
     draws: int | None = field(default=None, metadata={"metavar": "N", "positive": True})
     """Monte Carlo random directions per embedding set (default: by the set's size)."""
-    seed: int = 0
+    seed: int = field(default=0, metadata={"nonnegative": True})
     """Seed of the random directions."""
     correction: str = field(default="holm", metadata={"choices": CORRECTIONS})
     """Multiple-comparison correction (surgery.stats.adjust_pvalues)."""

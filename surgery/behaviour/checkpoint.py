@@ -1,4 +1,8 @@
-"""Save and load decision-transformer checkpoints: HF config + safetensors + metadata.json, never pickle."""
+"""Save and load decision-transformer checkpoints: HF config + safetensors + metadata.json, never pickle.
+
+The weights are read and checked by `surgery.safe_weights` (missing, unexpected, misshapen, non-finite
+tensors, damaged files and pickles are refused), the same reader as every other checkpoint.
+"""
 from __future__ import annotations
 
 import json
@@ -8,12 +12,9 @@ import torch
 
 from surgery.behaviour.metadata import METADATA_FILE, DTMetadata
 from surgery.errors import SurgeryError
+from surgery.safe_weights import check_config_ints, read_model
 
 CONFIG_FILE = "config.json"
-SAFETENSORS_FILE = "model.safetensors"
-TORCH_FILE = "pytorch_model.bin"  # older HF checkpoints (e.g. edbeeching/decision-transformer-gym-*)
-# Buffers that transformers 4.x saved with GPT-2 blocks and newer versions no longer have.
-_LEGACY_BUFFERS = (".attn.bias", ".attn.masked_bias")
 
 
 def save_checkpoint(model, meta: DTMetadata, directory: str | Path) -> Path:
@@ -39,11 +40,8 @@ def load_checkpoint(path: str | Path, metadata=None):
     config = DecisionTransformerConfig.from_dict(_read_config(path / CONFIG_FILE))
     meta = _resolve_metadata(path, metadata)
     check_match(config, meta, path / METADATA_FILE if metadata is None else metadata)
-    state = _read_weights(path)
-    model = DecisionTransformerModel(config)
-    _check_weights(model, state, path)
-    model.load_state_dict({k: v for k, v in state.items() if not k.endswith(_LEGACY_BUFFERS)}, strict=False)
-    return model.eval(), meta
+    # Float32 whatever the file holds: rollouts and their statistics were measured in it.
+    return read_model(DecisionTransformerModel, config, path, dtype=torch.float32), meta
 
 
 def _read_config(file: Path) -> dict:
@@ -57,8 +55,10 @@ def _read_config(file: Path) -> dict:
         kind = d.get("model_type") if isinstance(d, dict) else type(d).__name__
         raise SurgeryError(f"{file} is not a decision-transformer config (model_type={kind!r}, expected 'decision_transformer')")
     for key in ("state_dim", "act_dim", "hidden_size", "n_layer", "max_ep_len"):
-        if not isinstance(d.get(key), int) or d[key] <= 0:
-            raise SurgeryError(f"{file}: {key} must be a positive integer, got {d.get(key)!r}")
+        if key not in d:
+            raise SurgeryError(f"{file}: {key} must be a positive integer, got nothing")
+    check_config_ints(d, file, ("state_dim", "act_dim", "hidden_size", "n_layer", "max_ep_len", "n_head",
+                                "n_positions"), ("n_inner",))
     return d
 
 
@@ -91,42 +91,3 @@ def check_match(config, meta: DTMetadata, where) -> None:
         problems.append(f"context_len={meta.context_len} needs {3 * meta.context_len} positions, config.n_positions={config.n_positions}")
     if problems:
         raise SurgeryError(f"metadata {where} does not match the checkpoint: " + "; ".join(problems))
-
-
-def _read_weights(path: Path) -> dict:
-    st, pt = path / SAFETENSORS_FILE, path / TORCH_FILE
-    try:
-        if st.is_file():
-            from safetensors.torch import load_file
-
-            return load_file(st)
-        if pt.is_file():
-            # weights_only refuses anything but tensors and plain containers: no code runs.
-            return torch.load(pt, map_location="cpu", weights_only=True)
-    except Exception as e:  # safetensors and torch raise many kinds on a damaged file
-        bad = st if st.is_file() else pt
-        raise SurgeryError(f"{bad} is corrupt or not a weights file: {type(e).__name__}: {e}") from None
-    raise FileNotFoundError(f"{path} has no weights: expected {SAFETENSORS_FILE} (or {TORCH_FILE})")
-
-
-def _check_weights(model, state: dict, path: Path) -> None:
-    """Every parameter present with the config's shape and finite values; nothing unknown."""
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise SurgeryError(f"weights in {path} are not a mapping of names to tensors")
-    want = model.state_dict()
-    have = {k: v for k, v in state.items() if not k.endswith(_LEGACY_BUFFERS)}
-    missing, unknown = sorted(set(want) - set(have)), sorted(set(have) - set(want))
-    wrong = [f"{k}: file {tuple(have[k].shape)} vs config {tuple(want[k].shape)}"
-             for k in sorted(set(want) & set(have)) if have[k].shape != want[k].shape]
-    problems = []
-    if missing:
-        problems.append(f"missing {len(missing)} tensors (e.g. {missing[:3]})")
-    if unknown:
-        problems.append(f"{len(unknown)} unexpected tensors (e.g. {unknown[:3]})")
-    if wrong:
-        problems.append("shapes differ from config.json: " + "; ".join(wrong[:5]))
-    nonfinite = [k for k, v in have.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if nonfinite:
-        problems.append(f"non-finite values in {nonfinite[:3]}")
-    if problems:
-        raise SurgeryError(f"weights in {path} do not fit its {CONFIG_FILE}: " + "; ".join(problems))

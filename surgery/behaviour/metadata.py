@@ -11,6 +11,22 @@ from surgery.errors import SurgeryError
 METADATA_FILE = "metadata.json"
 
 
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+# Annotation -> (check of a JSON value, what it should be): JSON gives strings, numbers, lists and objects.
+_KINDS = {
+    "str": (lambda x: isinstance(x, str), "a string"),
+    "int": (lambda x: isinstance(x, int) and not isinstance(x, bool), "an integer"),
+    "bool": (lambda x: isinstance(x, bool), "true or false"),
+    "float": (_number, "a number"),
+    "list[float]": (lambda x: isinstance(x, list) and all(map(_number, x)), "a list of numbers"),
+    "list[str]": (lambda x: isinstance(x, list) and all(isinstance(v, str) for v in x), "a list of strings"),
+    "dict": (lambda x: isinstance(x, dict), "a JSON object"),
+}
+
+
 @dataclass
 class DTMetadata:
     """Everything needed to act with a decision transformer in its environment."""
@@ -88,6 +104,10 @@ class DTMetadata:
         missing = [n for n in ("env_id", "state_dim", "act_dim") if n not in d]
         if missing:
             raise SurgeryError(f"metadata is missing required fields {missing}")
+        wrong = [f"{f.name} must be {_KINDS[f.type][1]}, got {d[f.name]!r}" for f in fields(cls)
+                 if f.name in d and not _KINDS[f.type][0](d[f.name])]
+        if wrong:
+            raise SurgeryError("invalid decision-transformer metadata: " + "; ".join(wrong))
         return cls(**d).validate()
 
     @classmethod
@@ -100,8 +120,11 @@ class DTMetadata:
             raise FileNotFoundError(f"no decision-transformer metadata at {path}")
         try:
             d = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise SurgeryError(f"{path} is not valid JSON: {e}") from None
         if not isinstance(d, dict):
             raise SurgeryError(f"{path} must hold a JSON object, got {type(d).__name__}")
-        return cls.from_dict(d)
+        try:
+            return cls.from_dict(d)
+        except SurgeryError as e:
+            raise SurgeryError(f"{path}: {e}") from None

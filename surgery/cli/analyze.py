@@ -6,8 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from surgery.cli.args import add_settings_arguments, settings_from_args
-from surgery.errors import SurgeryError
+from surgery.cli.args import add_settings_arguments, check_out_dir, settings_from_args
 
 DEFAULT_OUT = Path("results") / "analysis"
 
@@ -52,6 +51,7 @@ def cmd_analyze(args) -> int:
     from surgery.analysis.settings import AlignmentSettings
 
     progress = not args.quiet and sys.stderr.isatty()
+    out = None if args.no_report else check_out_dir(args.out or DEFAULT_OUT / _safe_name(args.model))
     _quiet_transformers()
     model = surgery.load(args.model, metadata=args.metadata)
     start = time.perf_counter()  # the analysis itself, not loading the model
@@ -59,10 +59,7 @@ def cmd_analyze(args) -> int:
     loc = locate(model, settings.embeddings, settings, progress=progress)
     elapsed = time.perf_counter() - start
     files = []
-    if not args.no_report:
-        out = args.out or DEFAULT_OUT / _safe_name(args.model)
-        if out.exists() and not out.is_dir():
-            raise SurgeryError(f"--out {out} exists and is not a directory")
+    if out is not None:  # checked writable before the analysis, not after it
         report = build_report(loc, args.model, model, elapsed, figures=not args.no_figures, progress=progress)
         report.write(out)  # everything was rendered before the first file is written
         files = [str(out / "report.html"), "report.md", "summary.csv", "weights.csv", "vectors.csv", "alignment.csv"]

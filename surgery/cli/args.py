@@ -1,7 +1,9 @@
-"""Argument types and option groups shared by the command groups."""
+"""Argument types, output-path checks and option groups shared by the command groups."""
 from __future__ import annotations
 
 import argparse
+import tempfile
+from pathlib import Path
 
 
 def positive_int(text: str) -> int:
@@ -18,6 +20,18 @@ def non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
     return value
+
+
+def device(text: str) -> str:
+    """argparse type: a torch device that exists on this machine (cpu, cuda, cuda:1, mps)."""
+    from surgery.core.dtypes import parse_device
+    from surgery.errors import SurgeryError
+
+    try:
+        parse_device(text)
+    except SurgeryError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def _int(text: str) -> int:
@@ -72,7 +86,7 @@ def add_settings_arguments(parser, cls, skip=(), defaults=None) -> None:
     """One `--flag` per field of a frozen settings dataclass, with its docstring as help.
 
     Field types (as written, e.g. "tuple[str, ...] | None", "int", "bool") choose the argparse type;
-    `field(metadata={"choices": ..., "metavar": ..., "positive": True})` refines it. `defaults`
+    `field(metadata={"choices": ..., "metavar": ..., "positive": True, "nonnegative": True})` refines it. `defaults`
     overrides a field's default for this command only.
     """
     import dataclasses
@@ -91,7 +105,8 @@ def add_settings_arguments(parser, cls, skip=(), defaults=None) -> None:
             parser.add_argument(flag, action="store_true", **kwargs)
             continue
         base = kind.removesuffix("|None")
-        item = {"int": positive_int if meta.get("positive") else int, "float": float, "str": str}
+        whole = positive_int if meta.get("positive") else non_negative_int if meta.get("nonnegative") else int
+        item = {"int": whole, "float": float, "str": str}
         if base.startswith("tuple["):
             kwargs.update(nargs="+", type=item[base[6:].split(",")[0]])
         else:
@@ -112,3 +127,46 @@ def settings_from_args(cls, args, **extra):
             v = getattr(args, f.name)
             values[f.name] = tuple(v) if isinstance(v, list) else v
     return cls(**{**values, **extra})
+
+
+def check_out_file(path, force: bool = False, flag: str = "--out") -> Path:
+    """Before any long work: `path` can be written as a file (an existing one only with `force`)."""
+    from surgery.errors import SurgeryError
+
+    path = Path(path)
+    if path.is_dir():
+        raise SurgeryError(f"{flag} {path} is a directory; name a file, e.g. {path / 'scan.json'}")
+    if path.exists() and not force:
+        raise SurgeryError(f"{flag} {path} exists; pass --force to overwrite it, or name another file")
+    parent = path.parent
+    if not parent.exists():
+        raise SurgeryError(f"{flag} {path}: {parent} does not exist")
+    if not parent.is_dir():
+        raise SurgeryError(f"{flag} {path}: {parent} is not a directory")
+    _probe(parent, flag, path)
+    return path
+
+
+def check_out_dir(path, flag: str = "--out") -> Path:
+    """Before any long work: `path` is a directory that can be written, or one that can be made."""
+    from surgery.errors import SurgeryError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise SurgeryError(f"{flag} {path} exists and is not a directory")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise SurgeryError(f"{flag} {path}: {existing} is a file, not a directory")
+    _probe(existing, flag, path)
+    return path
+
+
+def _probe(directory: Path, flag: str, path: Path) -> None:
+    """Create and delete a file in `directory`: permissions, read-only mounts and quotas all show up here."""
+    from surgery.errors import SurgeryError
+
+    try:
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".surgery-write-test-"):
+            pass
+    except OSError as e:
+        raise SurgeryError(f"{flag} {path}: cannot write in {directory} ({e.strerror or e})") from None

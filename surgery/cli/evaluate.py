@@ -5,7 +5,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from surgery.cli.args import add_rollout_arguments, load_dt
+from surgery.cli.args import add_rollout_arguments, check_out_dir, load_dt
 
 
 def register(subparsers) -> None:
@@ -24,6 +24,8 @@ def run(args) -> int:
 
     from surgery.behaviour.evaluation import evaluate
 
+    if args.out:
+        check_out_dir(args.out)
     model = load_dt(args)
     result = evaluate(model, episodes=args.episodes, seed=args.seed, target_return=args.target_return,
                       dtype=torch.bfloat16 if args.bf16 else torch.float32, progress=not args.quiet,

@@ -6,7 +6,7 @@ import re
 import sys
 from pathlib import Path
 
-from surgery.cli.args import add_rollout_arguments, load_dt, non_negative_int, positive_int
+from surgery.cli.args import add_rollout_arguments, check_out_dir, load_dt, non_negative_int, positive_int
 from surgery.errors import SurgeryError
 from surgery.names import REMOVAL_OPS, SCALAR_OPS, SIDES, WEIGHTS
 
@@ -109,6 +109,7 @@ def run_edit_eval(args) -> int:
                                "or --edits DIR (a saved patch)")
         op = args.op or "constant"
         value = _edit_value(op, args.value)
+    check_out_dir(args.out or Path("runs") / "edit-eval")  # the full default name needs the model; its parent does not
     model = load_dt(args)
     if args.edits is not None:
         patch = load_patch(args.edits, model)
@@ -170,9 +171,9 @@ def run_validate(args) -> int:
 
     if args.op == "zero" and args.value is not None:
         raise SurgeryError("--op zero takes no --value")
-    model = load_dt(args)
     only = f"-{'-'.join(args.weights)}" if args.weights else ""
-    out = args.out or Path("runs") / "validate" / f"{_name(args.model)}-{args.embedding}{only}-{args.op}"
+    out = check_out_dir(args.out or Path("runs") / "validate" / f"{_name(args.model)}-{args.embedding}{only}-{args.op}")
+    model = load_dt(args)
     result = validate(model, args.embedding, top=args.top, controls=args.controls, weights=args.weights,
                       op=args.op, value=args.value,
                       episodes=args.episodes, seed=args.seed, target_return=args.target_return, out=out,

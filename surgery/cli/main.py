@@ -23,8 +23,18 @@ COMMAND_MODULES = (
 )
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with the error policy of the commands: one line, `PROG: error: MESSAGE`, exit status 2.
+
+    argparse's own error() prints the whole usage block first; subcommand parsers inherit this class.
+    """
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="surgery", description="SVD interpretability and reversible "
+    parser = Parser(prog="surgery", description="SVD interpretability and reversible "
                                      "singular-vector surgery on transformers.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:

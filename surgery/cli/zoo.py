@@ -5,7 +5,7 @@ import json
 import os
 from pathlib import Path
 
-from surgery.cli.args import positive_int
+from surgery.cli.args import check_out_dir, non_negative_int, positive_int
 
 
 def default_out() -> Path:
@@ -24,13 +24,15 @@ def register(subparsers) -> None:
     p = sub.add_parser("build", help="expert -> datasets -> DT training -> evaluated checkpoint (resumable)")
     p.add_argument("env", metavar="ENV", help="zoo name or gymnasium id: hopper, halfcheetah, lunarlander")
     p.add_argument("--out", type=Path, default=None, help=f"working directory (default {default_out()})")
-    p.add_argument("--seed", type=int, default=0, help="seed for ARS, data collection and training (default 0)")
+    p.add_argument("--seed", type=non_negative_int, default=0,
+                   help="seed for ARS, data collection and training (default 0)")
     p.add_argument("--expert-iters", type=positive_int, help="ARS iterations (default: the recipe's)")
     p.add_argument("--expert-minutes", type=float, help="wall-clock cap on ARS (makes the run non-reproducible)")
     p.add_argument("--episodes", type=positive_int, help="episodes per dataset level (default: the recipe's)")
     p.add_argument("--train-steps", type=positive_int, help="DT gradient steps (default: the recipe's)")
     p.add_argument("--eval-episodes", type=positive_int, default=100, help="evaluation episodes (default 100)")
-    p.add_argument("--eval-seed", type=int, default=0, help="run seed of the final evaluation, as in surgery evaluate (default 0)")
+    p.add_argument("--eval-seed", type=non_negative_int, default=0,
+                   help="run seed of the final evaluation, as in surgery evaluate (default 0)")
     p.add_argument("--no-bf16", action="store_true", help="train in float32 instead of bfloat16 autocast")
     p.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--stop-after", choices=("expert", "data", "train", "model"), help="stop after this stage")
@@ -41,7 +43,8 @@ def register(subparsers) -> None:
     p.add_argument("model", metavar="NAME", help="zoo name or checkpoint directory")
     p.add_argument("--metadata", help="metadata JSON for a checkpoint without metadata.json")
     p.add_argument("--episodes", type=positive_int, default=100, help="episodes (default 100)")
-    p.add_argument("--seed", type=int, default=0, help="run seed; episode seeds as in surgery evaluate (default 0)")
+    p.add_argument("--seed", type=non_negative_int, default=0,
+                   help="run seed; episode seeds as in surgery evaluate (default 0)")
     p.add_argument("--target-return", type=float, help="return to condition on (default: the metadata's first)")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
     p.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default 1)")
@@ -67,7 +70,7 @@ def cmd_build(args) -> int:
     from surgery.zoo.build import BuildOptions, build
 
     opts = BuildOptions(
-        out=args.out or default_out(), seed=args.seed, expert_iters=args.expert_iters,
+        out=check_out_dir(args.out or default_out()), seed=args.seed, expert_iters=args.expert_iters,
         expert_minutes=args.expert_minutes, episodes=args.episodes, train_steps=args.train_steps,
         eval_episodes=args.eval_episodes, eval_seed=args.eval_seed, bf16=not args.no_bf16, progress=not args.quiet,
         threads=args.threads, stop_after=args.stop_after,
@@ -83,14 +86,14 @@ def cmd_build(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    import torch
-
     from surgery.cli.args import load_dt
+    from surgery.core.threads import torch_threads
     from surgery.zoo.rollout import play
 
-    torch.set_num_threads(args.threads)
     model = load_dt(args)
-    result = play(model.model, model.metadata, args.episodes, args.seed, args.target_return, progress=not args.quiet)
+    with torch_threads(args.threads):
+        result = play(model.model, model.metadata, args.episodes, args.seed, args.target_return,
+                      progress=not args.quiet)
     print(json.dumps(result, indent=2) if args.json else _result_line(result))
     return 0
 

@@ -13,7 +13,6 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import torch
-from tqdm.auto import tqdm
 
 from adapters import WEIGHTS, wrap
 from surgery.analysis.cosines import unit_rows
@@ -22,6 +21,7 @@ from surgery.core.decomposition import RESIDUAL_SIDES, decompose
 from surgery.core.state import state
 from surgery.errors import SurgeryError
 from surgery.lm.semantic import CoherenceNull, TokenTable, score_vectors
+from surgery.progress import progress
 
 
 @dataclass
@@ -43,7 +43,7 @@ class ScanConfig:
     null_draws: int = 500
     """Random directions in the coherence null."""
     progress: bool = True
-    """Show a progress bar over blocks."""
+    """Show progress over blocks (a bar on a terminal, a line every 30 s otherwise), naming the weight in work."""
 
 
 @dataclass
@@ -107,36 +107,39 @@ def scan(model, config: ScanConfig | None = None, blocks=None) -> ScanResult:
     E_unit = unit_rows(es.vectors.to(device))  # float32: cosines need no more
     null = CoherenceNull.build(E_unit, config.tokens, config.null_draws)
     tables, seconds, decomposing, residual = [], [], [], {}
-    for b in tqdm(blocks, desc="blocks", unit="block", disable=not config.progress):
-        t0 = time.perf_counter()
-        before = set(state(adapter).svd_cache)
-        plan = []  # (weight, head, side, S, vectors [d, k]) for one pass over the vocabulary
-        for w in config.weights:
-            k = min(config.k, adapter.rank(w))
-            svd = decompose(adapter, b, w, dtype=dtype, method=config.method, k=k)
-            if svd.residual is not None:
-                residual[w] = max(residual.get(w, 0.0), float(svd.residual.max()))
-            for side in RESIDUAL_SIDES[w]:
-                X = svd.vectors(side)
-                if w in ("OV", "QK"):
-                    plan += [(w, h, side, svd.S[h], X[h]) for h in range(adapter.n_heads)]
-                else:
-                    plan.append((w, None, side, svd.S, X))
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        decomposing.append(time.perf_counter() - t0)
-        X = torch.cat([p[4].to(E_unit) for p in plan], dim=1)
-        scores = score_vectors(X, E_unit, config.tokens, null)
-        start = 0
-        for w, h, side, S, vec in plan:
-            part = {name: t[start:start + vec.shape[1]] for name, t in scores.items()}
-            start += vec.shape[1]
-            tables.append(TokenTable(b, w, h, side, config.embedding, S.cpu(), **part, labels=es.labels))
-        for key in set(state(adapter).svd_cache) - before:  # this block's SVDs: keep one block's temporaries at most
-            del state(adapter).svd_cache[key]
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds.append(time.perf_counter() - t0)
+    with progress(len(blocks), desc="lm scan", unit="block", enabled=config.progress) as bar:
+        for b in blocks:
+            t0 = time.perf_counter()
+            before = set(state(adapter).svd_cache)
+            plan = []  # (weight, head, side, S, vectors [d, k]) for one pass over the vocabulary
+            for w in config.weights:
+                bar.set_postfix_str(f"block {b} {w}")  # one GPT-J weight: minutes on a CPU
+                k = min(config.k, adapter.rank(w))
+                svd = decompose(adapter, b, w, dtype=dtype, method=config.method, k=k)
+                if svd.residual is not None:
+                    residual[w] = max(residual.get(w, 0.0), float(svd.residual.max()))
+                for side in RESIDUAL_SIDES[w]:
+                    X = svd.vectors(side)
+                    if w in ("OV", "QK"):
+                        plan += [(w, h, side, svd.S[h], X[h]) for h in range(adapter.n_heads)]
+                    else:
+                        plan.append((w, None, side, svd.S, X))
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            decomposing.append(time.perf_counter() - t0)
+            X = torch.cat([p[4].to(E_unit) for p in plan], dim=1)
+            scores = score_vectors(X, E_unit, config.tokens, null)
+            start = 0
+            for w, h, side, S, vec in plan:
+                part = {name: t[start:start + vec.shape[1]] for name, t in scores.items()}
+                start += vec.shape[1]
+                tables.append(TokenTable(b, w, h, side, config.embedding, S.cpu(), **part, labels=es.labels))
+            for key in set(state(adapter).svd_cache) - before:  # this block's SVDs: keep one block's temporaries at most
+                del state(adapter).svd_cache[key]
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds.append(time.perf_counter() - t0)
+            bar.update(1)
     return ScanResult(tables, seconds, config, str(device), residual, decomposing)
 
 

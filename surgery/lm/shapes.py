@@ -23,11 +23,15 @@ def random_lm(shape: str, n_blocks: int | None = None, device="cpu", dtype="floa
     import torch
     import transformers as tf
 
-    from surgery.core.dtypes import parse_dtype
+    from surgery.core.dtypes import parse_device, parse_dtype
+    from surgery.safe_weights import retie, tied_aliases
 
     if shape not in SHAPES:
         raise SurgeryError(f"shape={shape!r} is not known; valid: {', '.join(SHAPES)}")
     kind, d, h, d_mlp, L, vocab = SHAPES[shape]
+    if n_blocks is not None and (isinstance(n_blocks, bool) or not isinstance(n_blocks, int) or not 1 <= n_blocks <= L):
+        raise SurgeryError(f"n_blocks={n_blocks!r} is not a number of blocks of {shape} (valid: 1..{L}, or None: all)")
+    device, dtype = parse_device(device) or torch.device("cpu"), parse_dtype(dtype) or torch.float32
     n = L if n_blocks is None else n_blocks
     if kind == "gpt2":
         model_cls, cfg = tf.GPT2LMHeadModel, tf.GPT2Config(vocab_size=vocab, n_embd=d, n_head=h, n_inner=d_mlp, n_layer=n)
@@ -35,13 +39,16 @@ def random_lm(shape: str, n_blocks: int | None = None, device="cpu", dtype="floa
         model_cls = tf.GPTJForCausalLM
         cfg = tf.GPTJConfig(vocab_size=vocab, n_embd=d, n_head=h, n_inner=d_mlp, n_layer=n, rotary_dim=64)
     old = torch.get_default_dtype()
-    torch.set_default_dtype(parse_dtype(dtype))
+    torch.set_default_dtype(dtype)
     try:
         with torch.device("meta"):  # no memory until to_empty, then only in the final dtype
             model = model_cls(cfg)
     finally:
         torch.set_default_dtype(old)
+    model.tie_weights()  # GPT-2 ties lm_head to wte (transformers 5 does not at construction on meta)
+    aliases = tied_aliases(model)
     model = model.to_empty(device=device).eval()
+    retie(model, aliases)  # to_empty gives every module its own new tensor: share the tied ones again
     randomize(model, seed)
     return model
 

@@ -180,14 +180,13 @@ def stage_train(s: ZooSpec, root: Path, opts: BuildOptions) -> None:
 
 
 def stage_model(s: ZooSpec, root: Path, opts: BuildOptions) -> None:
-    import torch
-
     from surgery.behaviour.checkpoint import load_checkpoint, save_checkpoint
+    from surgery.core.threads import torch_threads
     from surgery.zoo.rollout import play
 
-    torch.set_num_threads(opts.threads)
     model, meta = load_checkpoint(root / "train")
-    result = play(model, meta, opts.eval_episodes, opts.eval_seed, progress=opts.progress)
+    with torch_threads(opts.threads):
+        result = play(model, meta, opts.eval_episodes, opts.eval_seed, progress=opts.progress)
     meta.evaluation = {k: v for k, v in result.items()}
     meta.seeds["eval"] = result["seeds"]
     out = root / "model"

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from surgery.core.threads import torch_threads
 from surgery.zoo.datasets import episodes
 
 
@@ -144,7 +145,11 @@ def train(cfg: TrainConfig, data: dict, act_dim: int, discrete: bool, progress: 
 
     act_dim is the action size, or for discrete actions the number of actions (one-hot width).
     """
-    torch.set_num_threads(cfg.threads)
+    with torch_threads(cfg.threads):
+        return _train(cfg, data, act_dim, discrete, progress)
+
+
+def _train(cfg: TrainConfig, data: dict, act_dim: int, discrete: bool, progress: bool) -> dict:
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     state_dim = data["observations"].shape[1]
