@@ -29,6 +29,7 @@ from surgery.behaviour.lanes import LaneEdits
 from surgery.behaviour.policy import DTPolicy
 from surgery.behaviour.results_store import RESULTS_FILE, ResultsStore, stored_spec
 from surgery.behaviour.rollout import Job, Setting, check_jobs, play, prepare
+from surgery.core.patching import Edit
 from surgery.errors import SurgeryError
 from surgery.progress import progress as progress_bar
 
@@ -198,6 +199,7 @@ def evaluate_runs(model, runs: Sequence[Run], episodes: int = 100, seed: int = 0
     if batch_size < 1:
         raise SurgeryError(f"batch_size must be at least 1, got {batch_size}")
     runs = [r if isinstance(r, Run) else Run(*r) for r in runs]
+    runs = [Run([r.edits], r.out, r.tag) if isinstance(r.edits, (Edit, dict)) else r for r in runs]  # one bare edit
     setting = prepare(model, metadata, env, env_kwargs, target_return, max_steps)
     edited = [i for i, r in enumerate(runs) if len(r.edits)]
     lane_edits = LaneEdits(setting.module, [runs[i].edits for i in edited]) if edited else None
