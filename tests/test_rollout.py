@@ -4,7 +4,8 @@ What "the same" means, and is tested here:
 - unedited jobs that all start together and fit in `lanes` give bitwise the records of `evaluate`
   (the same lockstep forwards); refilled or padded, their returns agree to rounding;
 - a lane whose edit's delta is exactly zero (scale by 1) gives bitwise the records of the unedited
-  lane of the same run, wherever the two rows sit in the batch;
+  lane beside it in the same run (rows far apart can round differently where the matrix kernels
+  split the batch into row blocks);
 - a real edit: every action the engine sends equals, to 1e-5, what the model patched with
   `surgery.patch` outputs on the same history (teacher forcing, refilled and padded rows included).
   Episodes are chaotic, so records agree only as far as rounding is not amplified: measured on the
@@ -123,7 +124,7 @@ def test_unedited_jobs_that_fit_are_bitwise_evaluate_and_refilled_ones_agree(fal
 
 
 def test_a_lane_whose_edit_changes_nothing_is_bitwise_its_unedited_lane(faller):
-    """A row's outputs do not depend on where it sits in the batch, so a zero delta (scale by 1) changes no bit."""
+    """A zero delta (scale by 1) changes no bit: neighbouring rows of gathered windows round alike (strided ones do not)."""
     model, md = faller
     edits = [[Edit(1, "K", 0, op="scale", value=1.0)], EDITS[1], [Edit(2, "QK", 0, head=0, side="out", op="scale",
                                                                         value=1.0)]]

@@ -17,10 +17,12 @@ context); a younger row is left-padded with zeros and masked, as in the Hugging 
 per-row timesteps. While every row is at the same timestep (the jobs started together and fit in
 `lanes`) the forward is the lockstep engine's call (unpadded windows, shared timesteps); without
 edits it is exactly that call, so unedited jobs give bitwise the records `evaluate` has always
-produced. With edits the windows are gathered rather than passed as strided views, which makes a
-row's outputs independent of its position in the batch: a lane whose edit changes nothing gives
-bitwise its unedited lane's episode. Padding changes only the rounding (tests/test_lanes.py
-measures it), like any other batch composition (docs/evaluation.md, "Determinism").
+produced. With edits the windows are gathered (contiguous) rather than passed as strided views of
+the history buffers: torch's linear rounds a strided batch differently for every row, a contiguous
+one only at the edges of its kernels' row blocks, so rows of one run round alike far more often (a
+lane whose edit changes nothing gives bitwise its unedited lane's episodes when the two sit side
+by side, as episode-major jobs put them; tests/test_rollout.py). Padding changes only the rounding
+(tests/test_lanes.py measures it), like any other batch composition (docs/evaluation.md, "Determinism").
 """
 from __future__ import annotations
 
@@ -328,9 +330,9 @@ class _Engine:
             now = ts[0]
             lo = max(0, now + 1 - K)
             # Every row alive: the windows are strided views of the buffers, as the lockstep engine always
-            # passed them. torch's linear rounds a strided batch differently per row (it depends on where
-            # the row sits), so a run with edits gathers instead: then a row's outputs do not depend on its
-            # position, and a lane whose edit changes nothing gives bitwise its unedited row's episode.
+            # passed them. torch's linear rounds a strided batch differently for every row, so a run with
+            # edits gathers instead (contiguous), where neighbouring rows round alike: a lane whose edit
+            # changes nothing then gives bitwise the episode of the unedited lane beside it.
             rows = slice(None) if len(live) == R and self.policy.edits is None else torch.tensor(live)
             timesteps = torch.arange(lo, now + 1).clamp_(max=self.max_timestep)
             return states[rows, lo:now + 1], actions[rows, lo:now], rtg[rows, lo:now + 1], timesteps, None, rows
