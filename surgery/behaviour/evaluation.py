@@ -17,6 +17,7 @@ surgery/behaviour/rollout.py. See docs/evaluation.md for the semantics.
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -231,7 +232,7 @@ def evaluate_runs(model, runs: Sequence[Run], episodes: int = 100, seed: int = 0
         total = episodes * len(runs)
         bar = progress_bar(total, desc or f"evaluate {setting.env_id}", "ep", enabled=progress)
         bar.update(total - len(jobs))
-        steps = 0
+        steps, shown = 0, time.monotonic()
 
         def on_finish(job: Job, record: EpisodeRecord) -> None:
             i = run_of[job.edit]
@@ -241,9 +242,12 @@ def evaluate_runs(model, runs: Sequence[Run], episodes: int = 100, seed: int = 0
             bar.update(1)
 
         def on_steps(n: int) -> None:
-            nonlocal steps
+            nonlocal steps, shown
             steps += n
             bar.set_postfix_str(f"{steps} env steps", refresh=False)
+            if time.monotonic() - shown > 1.0:  # long episodes: show progress between finished episodes
+                shown = time.monotonic()
+                bar.refresh()
 
         def on_trajectory(job: Job, trajectory: dict) -> None:
             kept[run_of[job.edit]][job.episode] = trajectory
