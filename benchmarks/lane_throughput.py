@@ -96,7 +96,8 @@ def main(argv=None) -> int:
     same_base = sum(x == y for x, y in zip(res_a[0].records, res_b[0].records))
     diffs = [abs(x.returns.mean() - y.returns.mean()) for x, y in zip(res_a[1:], res_b[1:])]
     effects = [abs(x.returns.mean() - res_a[0].returns.mean()) for x in res_a[1:]]
-    print(f"\nbaseline records identical in (a) and (b): {same_base}/{args.episodes}; per edit, |mean return (a) - (b)|: "
+    print(f"\nbaseline records identical in (a) and (b): {same_base}/{args.episodes}; "
+          f"per edit, |mean return (a) - (b)|: "
           f"max {max(diffs):.2g} (the edits' own effect on the mean return: median {np.median(effects):.3g}, "
           f"max {max(effects):.3g})")
     return 0

@@ -124,7 +124,7 @@ def test_unedited_jobs_that_fit_are_bitwise_evaluate_and_refilled_ones_agree(fal
 
 
 def test_a_lane_whose_edit_changes_nothing_is_bitwise_its_unedited_lane(faller):
-    """A zero delta (scale by 1) changes no bit: neighbouring rows of gathered windows round alike (strided ones do not)."""
+    """A zero delta (scale by 1) changes no bit: neighbouring rows of gathered windows round alike."""
     model, md = faller
     edits = [[Edit(1, "K", 0, op="scale", value=1.0)], EDITS[1], [Edit(2, "QK", 0, head=0, side="out", op="scale",
                                                                         value=1.0)]]

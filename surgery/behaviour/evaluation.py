@@ -27,6 +27,7 @@ import torch
 
 from surgery.behaviour.episodes import SEED_SCHEME, EpisodeRecord, episode_seed, is_failure
 from surgery.behaviour.lanes import LaneEdits
+from surgery.behaviour.metadata import DTMetadata
 from surgery.behaviour.policy import DTPolicy
 from surgery.behaviour.results_store import RESULTS_FILE, ResultsStore, stored_spec
 from surgery.behaviour.rollout import Job, Setting, check_jobs, play, prepare
@@ -159,7 +160,7 @@ class Run:
 
 
 def evaluate(model, episodes: int = 100, seed: int = 0, target_return: float | None = None, env=None,
-             metadata=None, dtype: torch.dtype = torch.float32, progress: bool = True, *,
+             metadata: DTMetadata | None = None, dtype: torch.dtype = torch.float32, progress: bool = True, *,
              max_steps: int | None = None, batch_size: int = 256, out: str | Path | None = None,
              tag=None, env_kwargs: dict | None = None, trajectories: bool = False) -> EvalResult:
     """Play `episodes` episodes of a decision transformer, all in lockstep, and return their records.
@@ -183,7 +184,8 @@ def evaluate(model, episodes: int = 100, seed: int = 0, target_return: float | N
 
 
 def evaluate_runs(model, runs: Sequence[Run], episodes: int = 100, seed: int = 0, target_return: float | None = None,
-                  env=None, metadata=None, dtype: torch.dtype = torch.float32, progress: bool = True, *,
+                  env=None, metadata: DTMetadata | None = None, dtype: torch.dtype = torch.float32,
+                  progress: bool = True, *,
                   max_steps: int | None = None, batch_size: int = 256, env_kwargs: dict | None = None,
                   trajectories: bool = False, desc: str | None = None) -> list[EvalResult]:
     """Evaluate the model as it is and/or under several edits, all as lanes of one batched rollout.
@@ -219,7 +221,8 @@ def evaluate_runs(model, runs: Sequence[Run], episodes: int = 100, seed: int = 0
             weights = weights or weights_sha256(setting.module)
             spec = _experiment_spec(setting, weights, seed, dtype, r.tag)
             if i in edit_of:
-                spec = {**spec, "edits": [e.to_dict() for e in lane_edits.edits[edit_of[i]]], "edit_engine": EDIT_ENGINE}
+                edits = [e.to_dict() for e in lane_edits.edits[edit_of[i]]]
+                spec = {**spec, "edits": edits, "edit_engine": EDIT_ENGINE}
             path = Path(r.out) / RESULTS_FILE
             _refuse_patch_engine_store(path, spec)
             stores[i] = ResultsStore(path, spec, EpisodeRecord)

@@ -44,7 +44,7 @@ __all__ = ["Job", "RolloutStats", "Setting", "prepare", "play", "run_lanes", "re
 
 
 class Job(NamedTuple):
-    """One episode to play: under edit `edit` (an index into the run's edits; -1 = unedited), episode index `episode`."""
+    """One episode to play: under edit `edit` (an index into the run's edits; -1 = unedited), episode `episode`."""
 
     edit: int
     episode: int
