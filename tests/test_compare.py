@@ -8,7 +8,7 @@ from scipy import stats
 
 import surgery
 from surgery import cli
-from surgery.experiments.compare import overlap, overlap_pvalue, compare_models, damage_profiles, label_map
+from surgery.experiments.compare import compare_models, damage_profiles, label_map, overlap, overlap_pvalue
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -78,7 +78,7 @@ def test_a_loaded_patch_adds_the_saved_factors_without_decomposing(tmp_path, mon
     def no_svd(*args, **kwargs):
         raise AssertionError("a loaded patch recomputed an update")
 
-    monkeypatch.setattr(patching, "_updates", no_svd)
+    monkeypatch.setattr(patching, "updates", no_svd)
     with loaded:
         assert_bitwise_equal(model, want)
 
@@ -310,3 +310,21 @@ def test_replacing_without_an_atomic_exchange_still_works(tmp_path, monkeypatch)
     Patch(model, [dict(block=0, weight="V")]).save(tmp_path / "edit", overwrite=True)
     assert surgery.load_patch(tmp_path / "edit", model).edits[0].weight == "V"
     assert sorted(os.listdir(tmp_path)) == ["edit"]
+
+
+def test_lanes_of_a_loaded_patch_add_its_saved_factors(tmp_path, monkeypatch):
+    """The rollout engine takes a loaded patch as one edit and never recomputes its update."""
+    from surgery.behaviour.lanes import LaneEdits
+
+    model = _model()
+    original = Patch(model, EDITS)
+    original.save(tmp_path / "edit")
+    want = [u for per_edit in original.plan() for u in per_edit]
+    loaded = surgery.load_patch(tmp_path / "edit", model)
+
+    def no_svd(*args, **kwargs):
+        raise AssertionError("lanes recomputed a loaded patch's update")
+
+    monkeypatch.setattr(patching, "updates", no_svd)
+    lanes = LaneEdits(model, [loaded])
+    assert lanes.edits[0] == loaded.edits and len(lanes.deltas[0]) == len(want)

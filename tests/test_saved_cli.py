@@ -53,9 +53,9 @@ def test_edit_eval_saves_its_edit_and_runs_a_saved_one_the_same(checkpoint, tmp_
     assert cli.main(["edit-eval", str(checkpoint), "--edits", str(edit), "--out", str(tmp_path / "b"), *RUN]) == 0
     b = _report(capsys)
     assert b["edits"] == a["edits"] and a["edits"][0]["op"] == "scale"
-    # The same edited weights (hashed by the results store inside the patch), so the same episodes.
-    run_a, run_b = _run(tmp_path / "a" / "edited"), _run(tmp_path / "b" / "edited")
-    assert run_a == run_b and run_a[0]["weights_sha256"] != _run(tmp_path / "a" / "baseline")[0]["weights_sha256"]
+    # The same saved patch (named by its digest in both stores), so the same episodes.
+    (spec_a, episodes_a), (spec_b, episodes_b) = _run(tmp_path / "a" / "edited"), _run(tmp_path / "b" / "edited")
+    assert episodes_a == episodes_b and spec_a == spec_b and len(spec_b["patch_digest"]) == 64
     assert b["edited"] == a["edited"] and b["baseline"] == a["baseline"]
     assert a["edited"]["return"]["mean"] != a["baseline"]["return"]["mean"]  # the edit does something here
 

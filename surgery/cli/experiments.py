@@ -144,15 +144,15 @@ def _edit_value(op: str, value):
 
 
 def _save_edit(patch, folder: Path, model):
-    """Save the patch to `folder`; a folder already holding the same edits of these weights (a rerun) is
-    loaded instead, so the run applies exactly the factors the folder holds."""
+    """Save the patch to `folder` (unless it already holds the same edits of these weights: a rerun) and
+    return it loaded from there, so every run applies exactly the factors the folder holds."""
     from surgery.core.saved import load_patch
     from surgery.experiments.edits import label, tag
 
     if not folder.exists():
         patch.save(folder)
         print(f"edit saved to {folder}", file=sys.stderr)
-        return patch
+        return load_patch(folder, model)  # run exactly what was saved, as a rerun will
     try:
         there = load_patch(folder, model)
     except SurgeryError as e:

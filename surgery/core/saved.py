@@ -63,7 +63,7 @@ class SavedPatch(Patch):
         """SHA-256 of manifest.json: one value that names exactly these files."""
         self.spec = spec
 
-    def _plan(self) -> list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
+    def plan(self) -> list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
         """The saved updates on this model's live tensors, after checking they are still the saved ones."""
         plan = [[] for _ in self.edits]
         for i, factor, name, left, right in self._records:
@@ -94,7 +94,7 @@ def save_patch(patch: Patch, directory, *, overwrite: bool = False) -> Path:
                            "updates are defined on the weights as they are without it)")
     adapter = patch.adapter
     with state(adapter).lock:  # no other thread may edit the weights between planning and hashing
-        plan = patch._plan()
+        plan = patch.plan()
         names = _parameter_names(adapter)
         tensors, updates, arrays = {}, [], {}
         for i, per_edit in enumerate(plan):
