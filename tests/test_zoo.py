@@ -355,3 +355,38 @@ def test_zoo_eval_leaves_the_thread_count_as_it_found_it(capsys):
     before = torch.get_num_threads()
     main(["zoo", "eval", "lunarlander", "--episodes", "1", "--threads", "1" if before > 1 else "2", "--quiet"])
     assert torch.get_num_threads() == before
+
+
+def test_train_seed_changes_only_the_training(tmp_path):
+    """--train-seed: a twin DT trained on byte-identical expert and datasets; a resume with another training seed is refused."""
+    from surgery.zoo.build import BuildOptions, build
+
+    tiny = dict(expert_iters=2, episodes=2, train_steps=3, eval_episodes=2, progress=False)
+    a, b = tmp_path / "a", tmp_path / "b"
+    build("hopper", BuildOptions(out=a, seed=0, stop_after="train", **tiny), log=lambda _: None)
+    twin = BuildOptions(out=b, seed=0, train_seed=1, **tiny)
+    model_dir = build("hopper", twin, log=lambda _: None)
+    files = sorted(p.relative_to(a / "hopper") for p in (a / "hopper").glob("*/*.npz"))
+    assert {str(f) for f in files} >= {f"data/hopper-{lv}.npz" for lv in ("expert", "medium", "mixed")}
+    assert all((a / "hopper" / f).read_bytes() == (b / "hopper" / f).read_bytes() for f in files)  # expert and datasets, byte for byte
+    assert (a / "hopper/data/card.json").read_text() == (b / "hopper/data/card.json").read_text()
+    wa, wb = (load_checkpoint(d / "hopper" / "train")[0].state_dict() for d in (a, b))
+    assert not all(torch.equal(wa[k], wb[k]) for k in wa)
+    meta = DTMetadata.load(model_dir)
+    assert meta.seeds["expert"] == 0 and meta.seeds["train"] == 1
+    assert DTMetadata.load(a / "hopper" / "train").seeds["train"] == 0
+    assert json.loads((b / "hopper/train/train.json").read_text())["config"]["seed"] == 1
+    assert "surgery zoo build hopper --seed 0 --train-seed 1 " in (model_dir / "README.md").read_text()
+    # Same training seed: every stage is skipped. Another one (or none, i.e. --seed's): refused at the train stage.
+    logs = []
+    build("hopper", twin, log=logs.append)
+    assert len(logs) == 4 and all("skipped" in line for line in logs)
+    for other in (2, None):
+        logs.clear()
+        with pytest.raises(ValueError, match=r"holds a train stage built with .*'train_seed': 1"):
+            build("hopper", BuildOptions(out=b, seed=0, train_seed=other, **tiny), log=logs.append)
+        assert [line for line in logs if "skipped" in line] == logs and len(logs) == 2  # expert and data are reused
+    # --train-seed equal to --seed is the plain build: a marker written without it is accepted.
+    logs.clear()
+    build("hopper", BuildOptions(out=a, seed=0, train_seed=0, stop_after="train", **tiny), log=logs.append)
+    assert len(logs) == 3 and all("skipped" in line for line in logs)

@@ -26,6 +26,8 @@ def register(subparsers) -> None:
     p.add_argument("--out", type=Path, default=None, help=f"working directory (default {default_out()})")
     p.add_argument("--seed", type=non_negative_int, default=0,
                    help="seed for ARS, data collection and training (default 0)")
+    p.add_argument("--train-seed", type=non_negative_int, help="seed for DT training only (default: --seed); "
+                   "another value trains a twin on the same expert and data")
     p.add_argument("--expert-iters", type=positive_int, help="ARS iterations (default: the recipe's)")
     p.add_argument("--expert-minutes", type=float, help="wall-clock cap on ARS (makes the run non-reproducible)")
     p.add_argument("--episodes", type=positive_int, help="episodes per dataset level (default: the recipe's)")
@@ -70,7 +72,8 @@ def cmd_build(args) -> int:
     from surgery.zoo.build import BuildOptions, build
 
     opts = BuildOptions(
-        out=check_out_dir(args.out or default_out()), seed=args.seed, expert_iters=args.expert_iters,
+        out=check_out_dir(args.out or default_out()), seed=args.seed, train_seed=args.train_seed,
+        expert_iters=args.expert_iters,
         expert_minutes=args.expert_minutes, episodes=args.episodes, train_steps=args.train_steps,
         eval_episodes=args.eval_episodes, eval_seed=args.eval_seed, bf16=not args.no_bf16, progress=not args.quiet,
         threads=args.threads, stop_after=args.stop_after,

@@ -26,7 +26,10 @@ class BuildOptions:
     out: Path
     """Working directory; stages write into out/NAME/{expert,data,train,model}."""
     seed: int = 0
-    """Seeds ARS, data collection (offset per level) and training."""
+    """Seeds ARS, data collection (offset per level) and, unless train_seed is given, training."""
+    train_seed: int | None = None
+    """Seeds DT training only (weights, dropout, batches); None: the same as seed. Another value trains
+    a twin of a model on the very same expert and datasets."""
     expert_iters: int | None = None
     """ARS iterations (spec default when None)."""
     expert_minutes: float | None = None
@@ -47,6 +50,11 @@ class BuildOptions:
     """torch CPU threads for training and evaluation."""
     stop_after: str | None = None
     """Stop after this stage (expert, data, train or model)."""
+
+
+def train_seed(opts: BuildOptions) -> int:
+    """The seed DT training uses: opts.train_seed, or opts.seed when that is None."""
+    return opts.seed if opts.train_seed is None else opts.train_seed
 
 
 def data_seed(level: str, seed: int) -> int:
@@ -84,7 +92,12 @@ def _stage_options(stage: str, opts: BuildOptions) -> dict:
     keys = {"expert": ("seed", "expert_iters", "expert_minutes"), "data": ("episodes",),
             "train": ("train_steps", "bf16"), "model": ("eval_episodes", "eval_seed")}
     upto = STAGES[: STAGES.index(stage) + 1]
-    return {k: getattr(opts, k) for st in upto for k in keys[st]}
+    record = {k: getattr(opts, k) for st in upto for k in keys[st]}
+    # Recorded only when it differs from --seed, so builds made before --train-seed existed (and
+    # --train-seed equal to --seed) keep their markers; any other training seed refuses a resume.
+    if "train" in upto and train_seed(opts) != opts.seed:
+        record["train_seed"] = train_seed(opts)
+    return record
 
 
 def stage_expert(s: ZooSpec, root: Path, opts: BuildOptions) -> None:
@@ -143,7 +156,7 @@ def stage_data(s: ZooSpec, root: Path, opts: BuildOptions) -> None:
 def _train_config(s: ZooSpec, opts: BuildOptions):
     from surgery.zoo.train import TrainConfig
 
-    cfg = TrainConfig(seed=opts.seed, return_scale=s.return_scale, bf16=opts.bf16, threads=opts.threads, **s.train)
+    cfg = TrainConfig(seed=train_seed(opts), return_scale=s.return_scale, bf16=opts.bf16, threads=opts.threads, **s.train)
     if opts.train_steps:
         cfg = replace(cfg, steps=opts.train_steps, warmup_steps=min(cfg.warmup_steps, max(opts.train_steps // 10, 1)))
     return cfg
@@ -169,7 +182,7 @@ def stage_train(s: ZooSpec, root: Path, opts: BuildOptions) -> None:
         context_len=cfg.context_len, max_ep_len=cfg.max_ep_len,
         state_names=list(info.state_names), action_names=list(info.action_names),
         dataset=f"{s.name}-{s.train_level}",
-        seeds={"expert": opts.seed, "data": {lv: card["levels"][lv]["seeds"] for lv in LEVELS}, "train": opts.seed},
+        seeds={"expert": opts.seed, "data": {lv: card["levels"][lv]["seeds"] for lv in LEVELS}, "train": train_seed(opts)},
     )
     out = root / "train"
     save_checkpoint(res["model"], meta, out)
@@ -209,6 +222,8 @@ def write_card(s: ZooSpec, root: Path, opts: BuildOptions) -> None:
 def command(s: ZooSpec, opts: BuildOptions) -> str:
     """The command line that reproduces this build."""
     parts = [f"surgery zoo build {s.name}", f"--seed {opts.seed}"]
+    if train_seed(opts) != opts.seed:
+        parts.append(f"--train-seed {train_seed(opts)}")
     for flag, value in (("--expert-iters", opts.expert_iters), ("--expert-minutes", opts.expert_minutes),
                         ("--episodes", opts.episodes), ("--train-steps", opts.train_steps)):
         if value is not None:
