@@ -216,7 +216,13 @@ def write_card(s: ZooSpec, root: Path, opts: BuildOptions) -> None:
     data_card = json.loads((root / "data" / "card.json").read_text())
     expert = json.loads((root / "expert" / "expert.json").read_text())
     train_summary = json.loads((root / "train" / "train.json").read_text())
-    (out / "README.md").write_text(cards.model_card(s, meta, data_card, expert, train_summary, command(s, opts)))
+    (out / "README.md").write_text(cards.model_card(s, meta, data_card, expert, train_summary, command(s, opts),
+                                                    zoo_name(s, opts)))
+
+
+def zoo_name(s: ZooSpec, opts: BuildOptions) -> str:
+    """The name the model ships under: the recipe's, with "-seedN" for a twin trained with another seed."""
+    return s.name if train_seed(opts) == opts.seed else f"{s.name}-seed{train_seed(opts)}"
 
 
 def command(s: ZooSpec, opts: BuildOptions) -> str:

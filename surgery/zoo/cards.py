@@ -18,7 +18,8 @@ def dataset_row(level: str, c: dict) -> str:
             f"| {c['return_min']:.1f} | {c['return_max']:.1f} | {c['policy']} | {c['seeds']} |")
 
 
-def model_card(spec, meta: DTMetadata, data_card: dict, expert: dict, train: dict, command: str) -> str:
+def model_card(spec, meta: DTMetadata, data_card: dict, expert: dict, train: dict, command: str,
+               name: str | None = None) -> str:
     """README.md of a zoo checkpoint: how it was made and how well it plays, from measured numbers only."""
     ev, cfg = meta.evaluation, train["config"]
     score = "" if ev.get("normalized_score") is None else f", D4RL-normalised score **{ev['normalized_score']:.1f}**"
@@ -30,12 +31,12 @@ def model_card(spec, meta: DTMetadata, data_card: dict, expert: dict, train: dic
                         f"of iteration {expert.get('best_iteration', '?')}, mean return {expert['best_eval_return']:.1f} "
                         f"over {n} evaluation episodes")
     return "\n".join([
-        f"# {spec.name}: decision transformer for {meta.env_id}",
+        f"# {name or spec.name}: decision transformer for {meta.env_id}",
         "",
         f"A Hugging Face `DecisionTransformerModel` (hidden {cfg['hidden_size']}, {cfg['n_layer']} layers, "
         f"{cfg['n_head']} head, MLP {cfg['n_inner']} {cfg['activation']}, context {meta.context_len}, "
         f"max episode length {meta.max_ep_len}; {'one-hot actions in, logits out' if meta.discrete else 'tanh actions'}) "
-        f"trained here from scratch on data generated here. Load it with `surgery.load(\"{spec.name}\")` "
+        f"trained here from scratch on data generated here. Load it with `surgery.load(\"{name or spec.name}\")` "
         "(safetensors; no pickle).",
         "",
         "## How well it plays",
