@@ -5,7 +5,10 @@ from dataclasses import dataclass, field
 
 from surgery.names import CORRECTIONS, METHODS, SIDES, WEIGHTS
 
-__all__ = ["AlignmentSettings", "FAMILIES"]
+__all__ = ["AlignmentSettings", "FAMILIES", "NOISE"]
+
+NOISE = 0.03
+"""Default ||E||_2 / S_0 for tied singular values (surgery.analysis.subspaces): placeholder, being calibrated."""
 
 FAMILIES = ("set", "all")
 """set: correct within each embedding set (the question "where is this embedding?"); all: over every set at once."""
@@ -50,3 +53,7 @@ class AlignmentSettings:
     """Correct within each embedding set ("set") or over all sets together ("all")."""
     alpha: float = 0.05
     """Significance level after the correction."""
+    noise: float = NOISE
+    """Size ||E||_2 / S_0 of the weight perturbation a singular vector must survive to count as identifiable
+    (surgery.analysis.subspaces; the default is measured: retraining noise of the shipped models). Neighbours
+    closer than noise / 0.5 (relative to S_0) are tied; 0 ties only exactly equal singular values."""

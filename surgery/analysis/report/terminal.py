@@ -39,17 +39,28 @@ def settings_line(loc: Location) -> str:
     name = s.correction.upper() if len(s.correction) == 2 else s.correction.capitalize()
     corr = "not corrected" if s.correction == "none" else f"{name}-corrected {family}"
     return (f"Chance: random unit directions against each set ({mc}, seed {s.seed}, exact where a set has one "
-            f"vector); p-values {corr}; alpha {s.alpha:g}.")
+            f"vector); p-values {corr}; alpha {s.alpha:g}. {ties_line(loc)}")
+
+
+def ties_line(loc: Location) -> str:
+    """How tied singular values were decided."""
+    from surgery.analysis.subspaces import MAX_SIN  # torch-free at import, but keep this module light
+
+    noise = loc.alignment.settings.noise
+    return (f"Tied singular values: a perturbation of ||E||/S_0 = {noise:g} turns a vector by sin <= {MAX_SIN:g} "
+            f"(Wedin) unless its gaps to both neighbours exceed {noise / MAX_SIN:.3g} S_0; closer neighbours form "
+            f"a group, scored as a subspace.")
 
 
 def table(loc: Location) -> str:
     """One line per embedding set."""
-    head = ("embedding", "labels", "beyond chance", "needs |cos|", "strongest singular vector", "label", "cos", "p_adj")
+    head = ("embedding", "labels", "beyond chance", "needs |cos|", "strongest singular vector", "label", "cos", "p_adj",
+            "its group (span)")
     rows = [head]
     for r in loc.summary.rows():
         rows.append((r["embedding"], str(r["n_labels"]), str(r["n_significant"]), f"{r['threshold']:.3f}",
                      f"{where(r['block'], r['weight'], r['head'], r['side'])} #{r['idx']}", _short(r["label"]),
-                     f"{r['cos']:+.3f}", f"{r['p_adj']:.2g}"))
+                     f"{r['cos']:+.3f}", f"{r['p_adj']:.2g}", group_cell(r)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     right = {1, 2, 3, 6, 7}
     lines = ["  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
@@ -81,6 +92,15 @@ def summary_text(loc: Location, model_name: str, elapsed: float | None = None, f
     if files:
         out.append("\nWrote " + ", ".join(files))
     return "\n".join(out)
+
+
+def group_cell(r: dict) -> str:
+    """'identifiable', or 'rotation-unstable #2-#3: 0.873' (the span's best projection)."""
+    if r["identifiable"]:
+        return "identifiable"
+    first, size = r["group"], r["group_size"]
+    span = "" if r["subspace_cos"] is None else f": {r['subspace_cos']:.3f}"
+    return f"rotation-unstable #{first}-#{first + size - 1}{span}" if size > 1 else f"rotation-unstable #{first}{span}"
 
 
 def _short(label: str, width: int = 24) -> str:
