@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from surgery.analysis.localisation import Location, describe, where
 from surgery.analysis.report import figures as F
-from surgery.analysis.report.terminal import group_cell, searched, settings_line
+from surgery.analysis.report.terminal import group_cell, searched, settings_line, ties_line
 from surgery.analysis.tables import Table
 from surgery.errors import SurgeryError
 from surgery.files import jsonable, write_atomic
@@ -247,6 +247,7 @@ def _html(loc: Location, model_name: str, figs: dict, elapsed) -> str:
              f"<h1>{html.escape(title)}</h1>",
              f"<p>{html.escape(repr(a.adapter))}</p>",
              f"<p>Searched {html.escape(searched(loc))}. {html.escape(settings_line(loc))}{timing}</p>",
+             f"<p>{html.escape(ties_line(loc))}</p>",
              "<h2>Summary</h2>", _table_html(head, rows),
              "<div class='answer'>" + html.escape(str(loc)) + "</div>",
              f"<p class='muted'>{html.escape(HOW_TO_READ)}</p>",
@@ -294,7 +295,8 @@ def _markdown(loc: Location, model_name: str, figs: dict, elapsed) -> str:
     timing = f" Analysis took {elapsed:.2f} s." if elapsed is not None else ""
     head, rows = _summary_rows(loc)
     parts = [f"# SVD alignment report: {model_name}", f"`{a.adapter!r}`",
-             f"Searched {searched(loc)}. {settings_line(loc)}{timing}", "## Summary", _md_table(head, rows),
+             f"Searched {searched(loc)}. {settings_line(loc)}{timing}", ties_line(loc), "## Summary",
+             _md_table(head, rows),
              "```\n" + str(loc) + "\n```", HOW_TO_READ,
              _md_figure(figs, "overview"), _md_figure(figs, "several_sets"), _md_figure(figs, "spectra")]
     for name in a.settings.embeddings:

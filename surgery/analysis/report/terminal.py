@@ -39,7 +39,7 @@ def settings_line(loc: Location) -> str:
     name = s.correction.upper() if len(s.correction) == 2 else s.correction.capitalize()
     corr = "not corrected" if s.correction == "none" else f"{name}-corrected {family}"
     return (f"Chance: random unit directions against each set ({mc}, seed {s.seed}, exact where a set has one "
-            f"vector); p-values {corr}; alpha {s.alpha:g}. {ties_line(loc)}")
+            f"vector); p-values {corr}; alpha {s.alpha:g}.")
 
 
 def ties_line(loc: Location) -> str:
@@ -47,9 +47,8 @@ def ties_line(loc: Location) -> str:
     from surgery.analysis.subspaces import MAX_SIN  # torch-free at import, but keep this module light
 
     noise = loc.alignment.settings.noise
-    return (f"Tied singular values: a perturbation of ||E||/S_0 = {noise:g} turns a vector by sin <= {MAX_SIN:g} "
-            f"(Wedin) unless its gaps to both neighbours exceed {noise / MAX_SIN:.3g} S_0; closer neighbours form "
-            f"a group, scored as a subspace.")
+    return (f"Ties: neighbours closer than {noise / MAX_SIN:.3g} S_0 are tied (a perturbation ||E|| = {noise:g} S_0 "
+            f"could turn them by sin > {MAX_SIN:g}, Wedin); a tied group is scored as a subspace.")
 
 
 def table(loc: Location) -> str:
@@ -78,7 +77,7 @@ def summary_text(loc: Location, model_name: str, elapsed: float | None = None, f
     out = [f"Alignment of {model_name}{timing}: {a.adapter!r}",
            f"Searched {searched(loc)}: {n} singular vectors per embedding set ({s.dtype}, "
            f"fold_ln {'on' if s.fold_ln else 'off'}); cosines with unit-normalised embeddings.",
-           settings_line(loc), "", table(loc), ""]
+           settings_line(loc), ties_line(loc), "", table(loc), ""]
     hits = [name for name in loc.summary["embedding"] if len(loc.carriers(name))]
     if hits:
         out.append("Beyond chance:")
