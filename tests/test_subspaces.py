@@ -15,6 +15,7 @@ from surgery.analysis.localisation import locate
 from surgery.analysis.subspaces import MAX_SIN, perturbation, projection_maxima, ties
 from surgery.errors import SurgeryError
 from tests.conftest import build
+from tests.reference import reference_matrix, reference_weights
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -78,6 +79,15 @@ def test_projection_maxima_match_numpy_and_ignore_rotations_within_the_span():
     turned, _ = projection_maxima([torch.tensor(R.T @ B3)], torch.tensor(E))
     assert abs(turned[0] - score[1]) < 1e-12
     assert np.abs(E @ (R.T @ B3).T - E @ B3.T).max() > 0.1
+    # A wide group scored through its complement (the other triples of a basis of R^d) gives the same answer,
+    # and a zero label (no direction) never scores, though its complement projection is 0 too.
+    Q = haar(d, d, 4).T  # [d, d]: the triples of a full-rank square weight
+    Ez = torch.tensor(np.vstack([E, np.zeros((1, d))]))
+    wide, wide_arg = projection_maxima([torch.tensor(Q[:15])], Ez)
+    via, via_arg = projection_maxima([torch.tensor(Q[15:])], Ez, complement=[True])
+    assert abs(wide[0] - via[0]) < 1e-12 and wide_arg[0] == via_arg[0] != n
+    whole, _ = projection_maxima([torch.tensor(Q[:0])], Ez, complement=[True])  # a group spanning all of R^d
+    assert whole[0] == pytest.approx(1.0, abs=1e-15)
 
 
 def planted_model(S, seed=0):
@@ -170,6 +180,34 @@ def test_alignment_columns_are_consistent():
         assert r["n_tied"] == int((~mine["identifiable"].astype(bool)).sum())
     rec = a.records
     assert {"group", "group_size", "identifiable"} <= set(rec.names)
+
+
+@pytest.mark.parametrize("noise", [0.02, 0.3, 5.0])
+def test_group_scores_match_numpy(noise):
+    """Every group's span score against an independent float64 numpy SVD and projection (narrow groups, groups
+    wider than d/2 scored through their complement, and one group spanning all of R^d)."""
+    model = build("dt", square=True)
+    a = alignment(model, embeddings="state_in", weights=["K", "OV"], noise=noise, dtype="float64")
+    E = model.embed_state.weight.detach().double().numpy().T  # Linear [out, in]: column j is input j
+    E /= np.linalg.norm(E, axis=1, keepdims=True)
+    checked = wide = 0
+    for g in a.groups.rows():
+        M = reference_matrix(model, g["block"], g["weight"], g["head"], reference_weights(model, g["block"]))
+        U, S, Vt = np.linalg.svd(M)
+        r = 8 if g["weight"] == "OV" else 24  # a head's OV has rank d_head = 8
+        vecs = (U if g["side"] == "in" else Vt.T)[:, :r]
+        t = ties(S[:r], noise, complement=24 > r)
+        assert (t.group == g["group"]).sum() == g["group_size"]
+        if g["open"]:
+            assert g["subspace_cos"] is None and g["p_adj"] is None
+            continue
+        B = vecs[:, g["group"]:g["group"] + g["group_size"]]
+        proj = np.linalg.norm(E @ B, axis=1)
+        assert g["subspace_cos"] == pytest.approx(proj.max(), abs=1e-10)
+        assert g["label_index"] == int(proj.argmax()) or proj.max() - proj[g["label_index"]] < 1e-10
+        checked += 1
+        wide += 2 * g["group_size"] > 24
+    assert checked > 0 and (noise < 1 or wide > 0)
 
 
 def test_a_head_with_a_complement_gets_open_groups_not_scores():

@@ -344,7 +344,8 @@ def _score_groups(g: Group, E, best_cos, best_label, p, sub_null: SubspaceNull) 
     span is the vector), a tied group by its best projection against the subspace law of its size."""
     cols = {k: [] for k in ("location", "first", "size", "open", "score", "label", "p")}
     row = np.empty(g.idx.size, dtype=np.int64)
-    bases, tied_rows = [], []
+    bases, comp, tied_rows = [], [], []
+    d = g.directions.shape[1]
     for loc, t in enumerate(g.ties):
         mine = np.flatnonzero(g.location == loc)
         firsts, inverse = np.unique(t.group[g.idx[mine]], return_inverse=True)
@@ -357,12 +358,16 @@ def _score_groups(g: Group, E, best_cos, best_label, p, sub_null: SubspaceNull) 
                 score, label, pv = abs(best_cos[j]), int(best_label[j]), p[j]
             elif not is_open:
                 tied_rows.append(len(cols["first"]))
-                bases.append(g.triples[loc][0][f:f + size])  # [size, d]: the group's residual vectors
+                vecs = g.triples[loc][0]  # [r, d]: every residual vector of the location
+                # A wide group of a weight whose triples span R^d: project on the other triples instead.
+                wide = vecs.shape[0] == d and 2 * size > d
+                bases.append(torch.cat([vecs[:f], vecs[f + size:]]) if wide else vecs[f:f + size])
+                comp.append(wide)
             for k, v in zip(cols, (loc, f, size, is_open, score, label, pv)):
                 cols[k].append(v)
     out = _GroupScores(*(np.array(cols[k], dtype=float if k in ("score", "p") else None) for k in cols), row)
     if bases:
-        score, label = projection_maxima(bases, E)
+        score, label = projection_maxima(bases, E, comp)
         out.score[tied_rows], out.label[tied_rows] = score, label
         out.p[tied_rows] = sub_null.pvalue(score, out.size[tied_rows])
     return out

@@ -107,16 +107,23 @@ def ties(S, noise: float = NOISE, complement: bool = False, complete: bool = Tru
 
 
 # ---- scoring a group as a subspace ------------------------------------------------------------------
-def projection_maxima(bases: list[torch.Tensor], E: torch.Tensor, chunk_elements: int = 16 * 2 ** 20):
+def projection_maxima(bases: list[torch.Tensor], E: torch.Tensor, complement: list[bool] | None = None,
+                      chunk_elements: int = 16 * 2 ** 20):
     """Per basis B [k, d] (orthonormal rows): max_j |B e_j| over the unit rows e_j of E [n, d], and the argmax j.
 
     |B e| is the norm of e's projection on span(B) = the largest |cos| of e with any unit vector of the span;
-    it does not change when B is turned within its span. One product per chunk of bases, `[sum k, d] @ [d, n]`.
+    it does not change when B is turned within its span. Where complement[i] is True, bases[i] spans the
+    orthogonal complement of the group in R^d instead (cheaper for a group wider than d/2), and the score is
+    sqrt(1 - min_j |B e_j|^2). Zero rows of E (no direction) never score. One product per chunk of bases.
     """
+    import torch
+
     if not bases:
         return np.zeros(0), np.zeros(0, dtype=np.int64)
+    complement = [False] * len(bases) if complement is None else list(complement)
     n = E.shape[0]
     E_t = E.T.contiguous()
+    empty = E.norm(dim=1) == 0  # [n]
     best, arg = [], []
     per = max(1, chunk_elements // max(n, 1))  # basis rows per product
     i = 0
@@ -125,12 +132,14 @@ def projection_maxima(bases: list[torch.Tensor], E: torch.Tensor, chunk_elements
         while j < len(bases) and (j == i or rows + bases[j].shape[0] <= per):
             rows += bases[j].shape[0]
             j += 1
-        B = torch.cat(bases[i:j]).to(E.dtype)  # [rows, d]
+        B = torch.cat([b.reshape(-1, E.shape[1]) for b in bases[i:j]]).to(E.dtype)  # [rows, d]
         seg = torch.repeat_interleave(torch.arange(j - i), torch.tensor([b.shape[0] for b in bases[i:j]]))
         C = B @ E_t  # [rows, n]
         sq = torch.zeros(j - i, n, dtype=C.dtype).index_add_(0, seg, C * C)  # [groups, n]
-        v, a = sq.max(dim=1)
-        best.append(v.clamp(max=1.0).sqrt().double())
+        comp = torch.tensor(complement[i:j])
+        sq = torch.where(comp[:, None], 1.0 - sq, sq).clamp(0.0, 1.0)
+        v, a = sq.masked_fill(empty[None, :], -1.0).max(dim=1)
+        best.append(v.clamp(min=0.0).sqrt().double())
         arg.append(a)
         i = j
     return torch.cat(best).numpy(), torch.cat(arg).numpy()
