@@ -223,20 +223,26 @@ _SUBSPACE_NULLS: dict = {}
 _FRAMES: dict = {}
 
 
-def random_frames(m: int, d: int, width: int, seed: int = 0) -> torch.Tensor:
-    """[m, d, width] uniformly random orthonormal frames (QR of Gaussian columns), float64, cached.
+FRAME_WIDTH = 16
+"""Frames are drawn this wide (or as wide as the set's span, if wider) and sliced: one QR serves every small set."""
 
-    Each Gaussian column is drawn from its own seed, so a narrower frame is the first columns of a wider
-    one (QR keeps the span of the leading columns): sets of different sizes see the same random subspaces.
+
+def random_frames(m: int, d: int, width: int, seed: int = 0) -> torch.Tensor:
+    """[m, d, width] uniformly random orthonormal frames (QR of Gaussian columns), float32, cached.
+
+    Each Gaussian column is drawn from its own seed, and the first w columns of a QR factor span the first w
+    Gaussian columns: so a narrower frame is the first columns of a wider one, and sets of different sizes see
+    the same random subspaces whatever order they are asked in.
     """
-    key = (m, d, width, seed)
+    wide = max(width, min(FRAME_WIDTH, d))
+    key = (m, d, wide, seed)
     if key not in _FRAMES:
-        if sum(t.numel() for t in _FRAMES.values()) > 16 * 2 ** 20:
+        if sum(t.numel() for t in _FRAMES.values()) > 32 * 2 ** 20:
             _FRAMES.clear()  # keep the cache under ~128 MB
-        cols = [torch.randn(m, d, generator=torch.Generator().manual_seed(seed * 1_000_003 + 7919 * c + 7),
-                            dtype=torch.float64) for c in range(width)]
+        cols = [torch.randn(m, d, generator=torch.Generator().manual_seed(seed * 1_000_003 + 7919 * c + 7))
+                for c in range(wide)]
         _FRAMES[key] = torch.linalg.qr(torch.stack(cols, dim=2)).Q
-    return _FRAMES[key]
+    return _FRAMES[key][..., :width]
 
 
 def subspace_null_for(embeddings: torch.Tensor, draws: int | None = None, seed: int = 0) -> SubspaceNull:
@@ -265,9 +271,10 @@ def subspace_null_for(embeddings: torch.Tensor, draws: int | None = None, seed: 
         null = SubspaceNull(d, n, np.empty((0, d)), seed)
     else:
         _, R = torch.linalg.qr(E.T)  # E^T = A R: R [n', n] holds the set in an orthonormal basis of its span
-        Y = random_frames(draws, d, width, seed) @ R  # [draws, d, n]: the set turned at random, in coordinates
+        # A Monte Carlo sample needs no more than float32 (its resolution is 1 / draws).
+        Y = random_frames(draws, d, width, seed) @ R.float()  # [draws, d, n]: the set turned at random
         stat = (Y * Y).cumsum(1).amax(2).clamp(max=1.0).sqrt()  # [draws, d]: best label, k = 1..d
-        null = SubspaceNull(d, n, np.sort(stat.numpy(), axis=0), seed)
+        null = SubspaceNull(d, n, np.sort(stat.double().numpy(), axis=0), seed)
     if len(_SUBSPACE_NULLS) > 64:
         _SUBSPACE_NULLS.clear()
     _SUBSPACE_NULLS[key] = null
