@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 import surgery
+from surgery.analysis.alignment import shape
 from surgery.analysis.subspaces import MAX_SIN, perturbation, ties
 from surgery.core.decomposition import RESIDUAL_SIDES, decompose
 from surgery.zoo import datasets
@@ -68,7 +69,7 @@ def _turning(a, b, noise_table) -> dict:
         blk, w, h = r["block"], r["weight"], r["head"]
         sa = decompose(a, blk, w, h, dtype=torch.float64)
         sb = decompose(b, blk, w, h, dtype=torch.float64)
-        t = ties(sa.S.numpy(), noise=r["rel"], complement=a.d_model > sa.S.numel())
+        t = ties(sa.S.numpy(), r["rel"], shape(a, w), complement=a.d_model > sa.S.numel())
         bound = np.minimum(1.0, r["rel"] / t.rel_gap)
         for side in RESIDUAL_SIDES[w]:
             va, vb = sa.vectors(side), sb.vectors(side)

@@ -22,8 +22,8 @@ import torch
 from adapters import WEIGHTS, Adapter, wrap
 from surgery.analysis.chance import Null, SubspaceNull, null_for, subspace_null_for
 from surgery.analysis.cosines import SearchSet, unit_rows
-from surgery.analysis.settings import FAMILIES, AlignmentSettings
-from surgery.analysis.subspaces import projection_maxima, ties
+from surgery.analysis.settings import FAMILIES, NOISE, AlignmentSettings
+from surgery.analysis.subspaces import projection_maxima, tie_threshold, ties
 from surgery.analysis.tables import Table
 from surgery.core.decomposition import RESIDUAL_SIDES, decompose
 from surgery.errors import SurgeryError
@@ -131,9 +131,8 @@ def alignment(model, settings: AlignmentSettings | None = None, *, progress: boo
         raise SurgeryError(f"family={s.family!r} is not known; valid: {', '.join(map(repr, FAMILIES))}")
     if not 0 < s.alpha < 1:
         raise SurgeryError(f"alpha={s.alpha!r} must be between 0 and 1")
-    if isinstance(s.noise, bool) or not isinstance(s.noise, (int, float)) or not 0 <= s.noise < float("inf"):
-        raise SurgeryError(f"noise={s.noise!r} must be a non-negative number (||E||_2 / S_0 of the perturbation "
-                           "a singular vector must survive; 0 ties only exactly equal singular values)")
+    if s.noise is not None:
+        tie_threshold(s.noise, (1, 1))  # raises a SurgeryError naming what is valid
     plan = _plan(adapter, weights, s.sides)
     _check_vectors(s.vectors, adapter, [w for w, _ in plan])
     small = _small(adapter, [sets[n] for n in names])
@@ -273,7 +272,8 @@ def _gather(adapter, weight, side, blocks, heads, vectors, fold_ln, dtype, metho
             pick = _select(vectors, S.shape[0])
             full = lambda v: np.full(pick.size, v)  # noqa: E731
             # A head's OV/QK (rank d_head < d_model) has the zeros of the complement below its last triple.
-            t = ties(S.double().numpy(), noise, complement=adapter.d_model > rank, complete=S.shape[0] == rank)
+            t = ties(S.double().numpy(), NOISE[weight] if noise is None else noise, shape(adapter, weight),
+                     complement=adapter.d_model > rank, complete=S.shape[0] == rank)
             cols.append((full(b), full(h), pick, full(len(locations)), S[pick].double().numpy(),
                          t.rel_gap[pick], t.group[pick], t.size[pick], t.identifiable[pick]))
             locations.append((b, h))
@@ -285,6 +285,12 @@ def _gather(adapter, weight, side, blocks, heads, vectors, fold_ln, dtype, metho
     D = unit_rows(torch.cat(rows), dtype)
     return Group(weight, side, D, block, head, idx, sv, location, rank, locations, triples, tied, gap, grp, size,
                  ident)
+
+
+def shape(adapter, weight: str) -> tuple[int, int]:
+    """(m, n) of a weight as decomposed: K [d_model, d_mlp], V [d_mlp, d_model], a head's OV or QK [d_model, d_model]."""
+    return {"K": (adapter.d_model, adapter.d_mlp), "V": (adapter.d_mlp, adapter.d_model)}.get(
+        weight, (adapter.d_model, adapter.d_model))
 
 
 # ---- scoring -----------------------------------------------------------------------------------------

@@ -7,8 +7,10 @@ from surgery.names import CORRECTIONS, METHODS, SIDES, WEIGHTS
 
 __all__ = ["AlignmentSettings", "FAMILIES", "NOISE"]
 
-NOISE = 0.03
-"""Default ||E||_2 / S_0 for tied singular values (surgery.analysis.subspaces): placeholder, being calibrated."""
+NOISE = {"K": 0.02, "V": 0.02, "OV": 0.05, "QK": 0.05}
+"""Default ||E||_2 / S_0 per weight type for tied singular values (surgery.analysis.subspaces): measured as the
+difference between two continuations of the shipped models' training that differ only in minibatch noise
+(scripts/tie_calibration.py; docs/analysis.md, "Tied singular values")."""
 
 FAMILIES = ("set", "all")
 """set: correct within each embedding set (the question "where is this embedding?"); all: over every set at once."""
@@ -53,7 +55,7 @@ class AlignmentSettings:
     """Correct within each embedding set ("set") or over all sets together ("all")."""
     alpha: float = 0.05
     """Significance level after the correction."""
-    noise: float = NOISE
+    noise: float | None = field(default=None, metadata={"metavar": "X"})
     """Size ||E||_2 / S_0 of the weight perturbation a singular vector must survive to count as identifiable
-    (surgery.analysis.subspaces; the default is measured: retraining noise of the shipped models). Neighbours
-    closer than noise / 0.5 (relative to S_0) are tied; 0 ties only exactly equal singular values."""
+    (surgery.analysis.subspaces). Neighbours of an m x n weight closer than noise / (0.5 (sqrt m + sqrt n)) S_0
+    are tied; 0 ties only equal singular values. Default: measured retraining noise per weight type (NOISE)."""

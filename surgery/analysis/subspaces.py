@@ -4,31 +4,36 @@ When two singular values are nearly equal, a small change of the weight can turn
 anywhere inside the plane they span: a single vector's cosine with an embedding is then an
 accident of the training run (or of the solver), while the plane itself is well defined.
 
-**The bound.** Wedin's sin-theta theorem (Wedin 1972; Stewart & Sun, *Matrix Perturbation Theory*,
-V.4): if `W + E` is the weight perturbed by `E`, the angle between a singular vector of `W` and
-the matching one of `W + E` obeys `sin(theta) <= ||E||_2 / delta`, where `delta` is the distance
-from its singular value to every other one (and, on a side with more dimensions than triples, to
-the zeros of the complement). For a run of consecutive triples the same bound holds for the
-subspace they span, with `delta` the distance to the values outside the run. Writing the
-perturbation relative to the largest singular value, `noise = ||E||_2 / S_0`, and the gap
-relative to it too, `rel_gap = delta / S_0`, the bound is `noise / rel_gap`: relative to S_0
-because the perturbation is additive and of the same size for every triple of a weight (a
-small singular value is not better protected), so dividing by S_i would flatter the small ones.
+**Perturbation theory.** For `W + E`, the vector of triple i turns towards triple j by (first
+order; Stewart & Sun, *Matrix Perturbation Theory*, V.2)
+`(S_i (u_j.E v_i) + S_j (u_i.E v_j)) / (S_i^2 - S_j^2)`, about `e_ij / (S_i - S_j)` for close
+values, where `e_ij` is E's entry coupling the two triples. Wedin's sin-theta theorem bounds the
+whole turn by `||E||_2 / delta` (delta: the gap to the nearest other singular value): the worst
+case, where all of E acts on one pair. A perturbation spread over a weight's m x n entries couples
+any one pair by about `||E||_2 / (sqrt(m) + sqrt(n))` (exact for independent entries, whose
+spectral norm is sqrt(m) + sqrt(n) times their size). So the typical turn is
+`noise / ((sqrt(m) + sqrt(n)) rel_gap)`, with `noise = ||E||_2 / S_0` and `rel_gap = delta / S_0`
+(relative to the largest singular value, not to S_i: the perturbation is additive and the same for
+every triple of a weight, so a small singular value is not better protected).
 
-**The criterion.** A triple is *identifiable* when its bound is below `MAX_SIN = 0.5` (30 degrees),
-i.e. `rel_gap >= noise / MAX_SIN`; consecutive triples whose gap is below that are linked, and
-each run of linked triples is a *group*. A vector inside a group of two or more can be turned
-within the group's span by a perturbation of the calibrated size; the group's span cannot
-(its edges are at least the threshold away from the rest). `noise` is calibrated by measurement
-(docs/analysis.md, "Tied singular values"): the difference between two continuations of the
-shipped models' training that differ only in minibatch noise.
+**The criterion.** Neighbours i and i+1 are *tied* when that typical turn reaches `MAX_SIN = 0.5`
+(30 degrees): `(S_i - S_{i+1}) / S_0 < noise / (MAX_SIN (sqrt(m) + sqrt(n)))`. Runs of tied
+neighbours are *groups*; a triple alone in its group is *identifiable*. On a side with more
+dimensions than triples (a GPT-2 head's OV: rank d_head in d_model) the last triple has the zeros
+of the complement as a neighbour; a group that reaches them, or the triples a fast route did not
+compute, is *open*: its span is not determined. `noise` is measured (scripts/tie_calibration.py:
+two continuations of a shipped model's training that differ only in minibatch noise; the criterion
+is checked there against how far the vectors actually turned; docs/analysis.md, "Tied singular
+values"). Wedin's worst case (`||E||_2 / delta < 0.5`) is the stricter rule `noise` x (sqrt(m) +
+sqrt(n)) would give.
 
 **The score of a group.** The norm of an embedding's (unit) projection on the group's span, i.e.
 the best |cos| of any unit vector in the span: invariant under any rotation inside the group.
-Its chance law is in `SubspaceNull`.
+Its chance law is `surgery.analysis.chance.SubspaceNull`.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,10 +42,10 @@ import torch
 from surgery.analysis.settings import NOISE
 from surgery.errors import SurgeryError
 
-__all__ = ["MAX_SIN", "NOISE", "Ties", "ties", "projection_maxima", "perturbation"]
+__all__ = ["MAX_SIN", "NOISE", "Ties", "ties", "tie_threshold", "projection_maxima", "perturbation"]
 
 MAX_SIN = 0.5
-"""The largest guaranteed sin(angle) under which a vector still counts as identifiable (30 degrees)."""
+"""The typical turn (sin of the angle) at which a vector stops counting as identifiable: 30 degrees."""
 
 
 @dataclass(frozen=True)
@@ -57,7 +62,7 @@ class Ties:
     """True where the group touches what is not known or not a triple: the zeros of the complement (a side
     with more dimensions than triples) or triples a fast route did not compute. Its span is not determined."""
     threshold: float
-    """The relative gap below which neighbours are tied: noise / MAX_SIN."""
+    """The relative gap below which neighbours are tied: noise / (MAX_SIN (sqrt(m) + sqrt(n)))."""
 
     @property
     def identifiable(self) -> np.ndarray:
@@ -70,20 +75,27 @@ class Ties:
         return [(int(f), int(self.size[f]), bool(self.open[f])) for f in firsts]
 
 
-def ties(S, noise: float = NOISE, complement: bool = False, complete: bool = True) -> Ties:
-    """Relative gaps and tied groups of a spectrum S (descending, every triple of one weight).
+def tie_threshold(noise: float, shape: tuple[int, int]) -> float:
+    """The relative gap below which neighbouring triples of an m x n weight are tied (see the module docstring)."""
+    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0 <= noise < np.inf:
+        raise SurgeryError(f"noise={noise!r} must be a non-negative number (||E||_2 / S_0 of the perturbation)")
+    m, n = shape
+    return float(noise) / (MAX_SIN * (math.sqrt(m) + math.sqrt(n)))
 
-    complement: the residual side has more dimensions than triples (e.g. a GPT-2 head's OV, rank
-    d_head in d_model), so the smallest triple also has the zeros of the complement as a neighbour.
-    complete: False when S holds only the leading triples (a fast route): the gap below the last one
-    is unknown, so its group is open.
+
+def ties(S, noise: float, shape: tuple[int, int], complement: bool = False, complete: bool = True) -> Ties:
+    """Relative gaps and tied groups of a spectrum S (descending, every triple of one m x n weight).
+
+    noise: ||E||_2 / S_0 of the perturbation to survive. shape: (m, n) of the weight (for a head's OV or QK,
+    d_model x d_model). complement: the residual side has more dimensions than triples, so the smallest triple
+    also has the zeros of the complement as a neighbour. complete: False when S holds only the leading triples
+    (a fast route): the gap below the last one is unknown, so its group is open.
     """
     S = np.asarray(S, dtype=np.float64)
     if S.ndim != 1 or S.size == 0 or not np.all(np.isfinite(S)) or np.any(S < 0) or np.any(np.diff(S) > 0):
         raise SurgeryError(f"singular values must be a non-empty, finite, non-negative, descending 1-d array; "
                            f"got shape {S.shape}")
-    if not (isinstance(noise, (int, float)) and not isinstance(noise, bool) and 0 <= noise < np.inf):
-        raise SurgeryError(f"noise={noise!r} must be a non-negative number (||E||_2 / S_0 of the perturbation)")
+    threshold = tie_threshold(noise, shape)
     r = S.size
     scale = S[0] if S[0] > 0 else 1.0
     step = -np.diff(S) / scale  # [r-1] gap between triple i and i+1
@@ -93,7 +105,6 @@ def ties(S, noise: float = NOISE, complement: bool = False, complete: bool = Tru
     rel_gap = np.fmin(above, below)  # fmin: an unknown gap (nan) leaves the known one
     if not complete and r == 1:
         rel_gap = np.full(1, np.nan)
-    threshold = noise / MAX_SIN
     # Link i and i+1 when their gap is below the threshold. With noise 0 only exact ties link.
     link = step < threshold if threshold > 0 else step <= 0
     starts = np.concatenate([[True], ~link])
@@ -116,8 +127,6 @@ def projection_maxima(bases: list[torch.Tensor], E: torch.Tensor, complement: li
     orthogonal complement of the group in R^d instead (cheaper for a group wider than d/2), and the score is
     sqrt(1 - min_j |B e_j|^2). Zero rows of E (no direction) never score. One product per chunk of bases.
     """
-    import torch
-
     if not bases:
         return np.zeros(0), np.zeros(0, dtype=np.int64)
     complement = [False] * len(bases) if complement is None else list(complement)
@@ -138,7 +147,7 @@ def projection_maxima(bases: list[torch.Tensor], E: torch.Tensor, complement: li
         sq = torch.zeros(j - i, n, dtype=C.dtype).index_add_(0, seg, C * C)  # [groups, n]
         comp = torch.tensor(complement[i:j])
         sq = torch.where(comp[:, None], 1.0 - sq, sq).clamp(0.0, 1.0)
-        v, a = sq.masked_fill(empty[None, :], -1.0).max(dim=1)
+        v, a = sq.masked_fill(empty[None, :], -1.0).max(dim=1)  # [groups]
         best.append(v.clamp(min=0.0).sqrt().double())
         arg.append(a)
         i = j

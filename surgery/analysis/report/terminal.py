@@ -1,6 +1,8 @@
 """The terminal summary of an analysis: what is more than chance, and where."""
 from __future__ import annotations
 
+import math
+
 from surgery.analysis.localisation import Location, describe, side_name, where
 
 
@@ -43,12 +45,18 @@ def settings_line(loc: Location) -> str:
 
 
 def ties_line(loc: Location) -> str:
-    """How tied singular values were decided."""
-    from surgery.analysis.subspaces import MAX_SIN  # torch-free at import, but keep this module light
+    """How tied singular values were decided: the relative gap below which neighbours tie, per weight searched."""
+    from surgery.analysis.alignment import shape
+    from surgery.analysis.settings import NOISE
+    from surgery.analysis.subspaces import MAX_SIN, tie_threshold
 
-    noise = loc.alignment.settings.noise
-    return (f"Ties: neighbours closer than {noise / MAX_SIN:.3g} S_0 are tied (a perturbation ||E|| = {noise:g} S_0 "
-            f"could turn them by sin > {MAX_SIN:g}, Wedin); a tied group is scored as a subspace.")
+    a = loc.alignment
+    noise = {w: NOISE[w] if a.settings.noise is None else a.settings.noise for w in a.settings.weights}
+    gaps = ", ".join(f"{w} {tie_threshold(noise[w], shape(a.adapter, w)):.2g}" for w in a.settings.weights)
+    sizes = ", ".join(f"{w} {noise[w]:g}" for w in a.settings.weights)
+    return (f"Ties: neighbours closer than ({gaps}) x S_0 are tied: retraining noise ||E|| = ({sizes}) x S_0\n"
+            f"would typically turn them by more than {math.degrees(math.asin(MAX_SIN)):.0f} degrees (first-order "
+            f"perturbation theory); a tied group is scored as a subspace.")
 
 
 def table(loc: Location) -> str:
