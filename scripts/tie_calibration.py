@@ -19,6 +19,7 @@ moves both alike and cancels in E to first order):
 
     python scripts/tie_calibration.py hopper /work/twins/runs/zoo_seed1/hopper/data/hopper-mixed.npz \
         --out runs/ties/hopper.json [--twin /work/twins/runs/zoo_seed1/hopper/model]
+    python scripts/tie_calibration.py summary runs/ties/*.json     # the tables of docs/analysis.md
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import argparse
 import copy
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -87,7 +89,53 @@ def _turning(a, b, noise_table) -> dict:
     return rows
 
 
+def summary(paths) -> None:
+    """Per file: ||E||_2 / S_0 per weight type at each snapshot, the bf16 floor, the twin's Weyl bound, and how far
+    vectors actually turned against the criterion's typical turn noise / ((sqrt m + sqrt n) rel_gap)."""
+    bins = [0, 0.1, 0.25, 0.5, 1, 2, 4, math.inf]
+    for path in paths:
+        r = json.loads(Path(path).read_text())
+        print(f"== {r['model']} ({path}; data {r['data']}; lr {r['lr']:g}, warm {r['warm']})")
+        ws = ("K", "V", "OV", "QK")
+        rng = lambda rows, w, k="rel": (min(x[k] for x in rows if x["weight"] == w),  # noqa: E731
+                                        max(x[k] for x in rows if x["weight"] == w))
+        print("||E||_2/S_0 (min..max over blocks), by continuation length:")
+        for step, snap in r["snapshots"].items():
+            print(f"  {int(step):5d} steps: " + "; ".join(f"{w} {rng(snap['noise'], w)[0]:.4f}..{rng(snap['noise'], w)[1]:.4f}"
+                                                       for w in ws))
+        print("  bf16 floor: " + "; ".join(f"{w} {rng(r['bf16'], w)[1]:.5f}" for w in ws))
+        if "twin" in r:
+            print("  twin (Weyl lower bound, no shared basis): "
+                  + "; ".join(f"{w} {rng(r['twin']['weyl'], w, 'weyl')[0]:.3f}..{rng(r['twin']['weyl'], w, 'weyl')[1]:.3f}"
+                              for w in ws))
+        for step, snap in r["snapshots"].items():
+            sin, turn, wedin, ident, gsin, size = [], [], [], [], [], []
+            for t in snap["turning"]:
+                m, n = {"K": (128, 512), "V": (512, 128)}.get(t["weight"], (128, 128))  # the zoo's DT shapes
+                gap = np.asarray(t["rel_gap"])
+                sin += t["sin"]
+                turn += list(t["rel"] / ((math.sqrt(m) + math.sqrt(n)) * gap))
+                wedin += list(t["rel"] / gap)
+                gsin += t["group_sin"]
+                size += t["size"]
+            sin, turn, wedin = np.array(sin), np.array(turn), np.array(wedin)
+            gsin, size = np.array(gsin), np.array(size)
+            ok = turn < MAX_SIN
+            print(f"  {int(step)} steps: Wedin's bound ||E||/gap exceeded by {int((sin > wedin + 1e-9).sum())} of "
+                  f"{sin.size} vectors; criterion identifiable {ok.sum()}: turned sin median {np.median(sin[ok]):.3f}, "
+                  f"max {sin[ok].max():.3f}, > 0.5: {int((sin[ok] > 0.5).sum())}; tied {(~ok).sum()}: median "
+                  f"{np.median(sin[~ok]):.3f}, > 0.5: {(sin[~ok] > 0.5).mean():.1%}; spans of tied groups of 2-8: "
+                  f"median sin {np.median(gsin[(size > 1) & (size <= 8)]) if ((size > 1) & (size <= 8)).any() else float('nan'):.3f}")
+            for lo, hi in zip(bins[:-1], bins[1:]):
+                k = (turn >= lo) & (turn < hi)
+                if k.sum():
+                    print(f"     typical turn [{lo:g}, {hi:g}): n {k.sum():4d}, measured sin median {np.median(sin[k]):.3f}, "
+                          f"95% {np.quantile(sin[k], 0.95):.3f}, max {sin[k].max():.3f}, > 0.5: {(sin[k] > 0.5).mean():.1%}")
+
+
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "summary":
+        return summary(sys.argv[2:])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", help="zoo name or checkpoint directory")
     ap.add_argument("data", help=".npz dataset from the same environment")

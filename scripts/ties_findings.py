@@ -53,10 +53,10 @@ FINDINGS = [
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--noise", type=float, default=NOISE)
+    ap.add_argument("--noise", type=float, default=None, help="one ||E||/S_0 for every weight (default: NOISE per type)")
     ap.add_argument("--models", nargs="+", default=["hopper", "halfcheetah", "lunarlander"])
     args = ap.parse_args()
-    print(f"noise {args.noise:g}: neighbours closer than {args.noise / 0.5:.3g} S_0 are tied\n")
+    print(f"noise: {NOISE if args.noise is None else args.noise} (||E||_2 / S_0)\n")
     results = {}
     for name in args.models:
         model = surgery.load(name)

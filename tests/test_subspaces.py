@@ -93,6 +93,33 @@ def test_projection_maxima_match_numpy_and_ignore_rotations_within_the_span():
     assert whole[0] == pytest.approx(1.0, abs=1e-15)
 
 
+def test_group_scores_in_the_search_pass_match_a_direct_projection_screened_or_not():
+    """The search scores groups from its own product: exactly, or from the bf16 screen with a proof and exact
+    rescoring. Both equal a float64 projection; chunk boundaries never split a group."""
+    from surgery.analysis import cosines
+
+    g = torch.Generator().manual_seed(0)
+    E = torch.nn.functional.normalize(torch.randn(5000, 32, generator=g) + 0.5 * torch.randn(1, 32, generator=g), dim=1)
+    Q = torch.tensor(haar(32, 32, 5).T, dtype=torch.float32)  # 32 orthonormal directions
+    E[17] = torch.nn.functional.normalize(Q[4] + Q[5], dim=0)  # a label inside the span of rows 4-5
+    groups = [(0, 3), (4, 2), (9, 5), (20, 12)]
+    ref = [np.linalg.norm(E.double().numpy() @ Q[f:f + z].double().numpy().T, axis=1) for f, z in groups]
+    for screen in (False, True):
+        for chunk in (cosines.CHUNK_ELEMENTS, 7 * 5000):  # one chunk; chunks of ~7 rows, moved to group edges
+            old = cosines.CHUNK_ELEMENTS
+            cosines.CHUNK_ELEMENTS = chunk
+            try:
+                ext = cosines.SearchSet(E, screen=screen).extremes(Q, 3, groups=groups)
+            finally:
+                cosines.CHUNK_ELEMENTS = old
+            np.testing.assert_allclose(ext.group_sq.sqrt().numpy(), [r.max() for r in ref], atol=1e-5)
+            assert ext.group_idx.tolist() == [int(r.argmax()) for r in ref]
+            assert ext.group_idx[1] == 17
+            plain = cosines.SearchSet(E, screen=False).extremes(Q, 3)
+            assert torch.equal(ext.top_idx, plain.top_idx) and torch.equal(ext.bottom_idx, plain.bottom_idx)
+    assert cosines._chunks(32, 7, groups) == [(0, 7), (7, 14), (14, 20), (20, 32)]
+
+
 def planted_model(S, seed=0):
     """A float64 tiny DT whose block-0 K is U diag(S) V^T with known U (read side) and V."""
     model = build("dt").double()
@@ -267,6 +294,15 @@ def test_subspace_null_gives_uniform_pvalues_on_random_weights():
     # The union bound alone (no sample) is never below the truth: conservative, not uniform.
     union = chance.SubspaceNull(d, n, np.empty((0, d)), 0)
     assert (union.pvalue(score, 5) >= null.pvalue(score, 5) - 1e-12).all()
+
+
+def test_a_set_too_large_to_sample_gets_the_union_bound_alone():
+    big = chance.subspace_null_for(torch.randn(3000, 128))  # a draw would cost ~5e7 multiply-adds
+    assert big.samples.shape[0] == 0 and big.n == 3000
+    s = np.array([0.3, 0.5, 0.9])
+    np.testing.assert_allclose(big.pvalue(s, 3), np.minimum(1, 3000 * chance.subspace_pvalue(s, 3, 128)))
+    with pytest.raises(SurgeryError, match="draws=0"):
+        chance.subspace_null_for(torch.randn(5, 16), draws=0)
 
 
 def test_subspace_null_is_reproducible_and_nested_across_set_sizes():

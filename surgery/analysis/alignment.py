@@ -335,22 +335,47 @@ def _score_set(adapter, es, groups, top: int, null: Null, sub_null: SubspaceNull
 
 def _score(g: Group, search: SearchSet, E, gram: torch.Tensor, top: int, null: Null, sub_null: SubspaceNull,
            progress) -> _Scored:
-    ext = search.extremes(g.directions, top, progress=progress, desc=f"{g.weight} {g.side}")
+    plan = _group_plan(g)
+    inside = [(row, size) for row, size in plan.values() if row >= 0]
+    ext = search.extremes(g.directions, top, progress=progress, desc=f"{g.weight} {g.side}", groups=inside)
     pos = ext.top[:, 0] >= -ext.bottom[:, 0]
     best_cos = torch.where(pos, ext.top[:, 0], ext.bottom[:, 0]).double().numpy()
     best_label = torch.where(pos, ext.top_idx[:, 0], ext.bottom_idx[:, 0]).numpy()
     sel, sel_z = _selectivity(g, gram)
     p = null.pvalue(best_cos)
-    groups = _score_groups(g, E, best_cos, best_label, p, sub_null)
+    found = {}
+    if inside:
+        sq = ext.group_sq.double().clamp(0.0, 1.0).sqrt().numpy()
+        found = {row: (float(v), int(j)) for (row, _), v, j in zip(sorted(inside), sq, ext.group_idx.numpy())}
+    groups = _score_groups(g, E, best_cos, best_label, p, sub_null, plan, found)
     return _Scored(ext, best_cos, best_label, p, null.zscore(best_cos), sel, sel_z, groups)
 
 
-def _score_groups(g: Group, E, best_cos, best_label, p, sub_null: SubspaceNull) -> _GroupScores:
+def _group_plan(g: Group) -> dict:
+    """(location, first) -> (first row in g.directions, size) of every determined tied group holding a searched
+    vector; row -1 where some member was not searched (the group is then projected separately)."""
+    plan = {}
+    for loc, t in enumerate(g.ties):
+        mine = np.flatnonzero(g.location == loc)
+        row_of = dict(zip(g.idx[mine].tolist(), mine.tolist()))
+        for f in np.unique(t.group[g.idx[mine]]):
+            size = int(t.size[f])
+            if size < 2 or t.open[f]:
+                continue
+            rows = [row_of.get(i, -1) for i in range(f, f + size)]
+            inside = min(rows) >= 0 and rows == list(range(rows[0], rows[0] + size))
+            plan[(loc, int(f))] = (rows[0] if inside else -1, size)
+    return plan
+
+
+def _score_groups(g: Group, E, best_cos, best_label, p, sub_null: SubspaceNull, plan: dict,
+                  found: dict) -> _GroupScores:
     """Score every group that holds a searched vector: a lone triple by its own best |cos| and p (a 1-dimensional
-    span is the vector), a tied group by its best projection against the subspace law of its size."""
+    span is the vector), a tied group by its best projection (from the search pass, or projected here when not
+    all of it was searched) against the subspace law of its size."""
     cols = {k: [] for k in ("location", "first", "size", "open", "score", "label", "p")}
     row = np.empty(g.idx.size, dtype=np.int64)
-    bases, comp, tied_rows = [], [], []
+    bases, comp, rest = [], [], []
     d = g.directions.shape[1]
     for loc, t in enumerate(g.ties):
         mine = np.flatnonzero(g.location == loc)
@@ -363,19 +388,24 @@ def _score_groups(g: Group, E, best_cos, best_label, p, sub_null: SubspaceNull) 
                 j = mine[g.idx[mine] == f][0]
                 score, label, pv = abs(best_cos[j]), int(best_label[j]), p[j]
             elif not is_open:
-                tied_rows.append(len(cols["first"]))
-                vecs = g.triples[loc][0]  # [r, d]: every residual vector of the location
-                # A wide group of a weight whose triples span R^d: project on the other triples instead.
-                wide = vecs.shape[0] == d and 2 * size > d
-                bases.append(torch.cat([vecs[:f], vecs[f + size:]]) if wide else vecs[f:f + size])
-                comp.append(wide)
+                first_row = plan[(loc, int(f))][0]
+                if first_row >= 0:
+                    score, label = found[first_row]
+                else:
+                    rest.append(len(cols["first"]))
+                    vecs = g.triples[loc][0]  # [r, d]: every residual vector of the location
+                    # A wide group of a weight whose triples span R^d: project on the other triples instead.
+                    wide = vecs.shape[0] == d and 2 * size > d
+                    bases.append(torch.cat([vecs[:f], vecs[f + size:]]) if wide else vecs[f:f + size])
+                    comp.append(wide)
             for k, v in zip(cols, (loc, f, size, is_open, score, label, pv)):
                 cols[k].append(v)
     out = _GroupScores(*(np.array(cols[k], dtype=float if k in ("score", "p") else None) for k in cols), row)
     if bases:
         score, label = projection_maxima(bases, E, comp)
-        out.score[tied_rows], out.label[tied_rows] = score, label
-        out.p[tied_rows] = sub_null.pvalue(score, out.size[tied_rows])
+        out.score[rest], out.label[rest] = score, label
+    tied = (out.size > 1) & ~out.open
+    out.p[tied] = sub_null.pvalue(out.score[tied], out.size[tied])
     return out
 
 

@@ -261,9 +261,9 @@ def subspace_null_for(embeddings: torch.Tensor, draws: int | None = None, seed: 
     n, d = E.shape
     width = min(n, d)
     affordable = int(SUBSPACE_BUDGET // max(d * width * (n + width), 1))  # the frame (QR) and the turned set
-    draws = min(SUBSPACE_DRAWS, affordable) if draws is None else int(draws)
-    if draws < 1:
+    if draws is not None and int(draws) < 1:
         raise SurgeryError(f"draws={draws} must be a positive number of random subspaces")
+    draws = min(SUBSPACE_DRAWS, affordable) if draws is None else int(draws)
     key = (hashlib.blake2b(E.numpy().tobytes(), digest_size=16).hexdigest(), n, d, draws, seed)
     if key in _SUBSPACE_NULLS:
         return _SUBSPACE_NULLS[key]
