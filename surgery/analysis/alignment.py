@@ -355,16 +355,18 @@ def _group_plan(g: Group) -> dict:
     """(location, first) -> (first row in g.directions, size) of every determined tied group holding a searched
     vector; row -1 where some member was not searched (the group is then projected separately)."""
     plan = {}
-    for loc, t in enumerate(g.ties):
-        mine = np.flatnonzero(g.location == loc)
-        row_of = dict(zip(g.idx[mine].tolist(), mine.tolist()))
-        for f in np.unique(t.group[g.idx[mine]]):
+    for loc, (t, mine) in enumerate(zip(g.ties, _by_location(g))):
+        idx = g.idx[mine]
+        firsts = np.unique(t.group[idx])
+        firsts = firsts[(t.size[firsts] > 1) & ~t.open[firsts]]
+        if not firsts.size:
+            continue
+        row_of = dict(zip(idx.tolist(), mine.tolist()))
+        for f in firsts.tolist():
             size = int(t.size[f])
-            if size < 2 or t.open[f]:
-                continue
             rows = [row_of.get(i, -1) for i in range(f, f + size)]
             inside = min(rows) >= 0 and rows == list(range(rows[0], rows[0] + size))
-            plan[(loc, int(f))] = (rows[0] if inside else -1, size)
+            plan[(loc, f)] = (rows[0] if inside else -1, size)
     return plan
 
 
@@ -373,40 +375,46 @@ def _score_groups(g: Group, E, best_cos, best_label, p, sub_null: SubspaceNull, 
     """Score every group that holds a searched vector: a lone triple by its own best |cos| and p (a 1-dimensional
     span is the vector), a tied group by its best projection (from the search pass, or projected here when not
     all of it was searched) against the subspace law of its size."""
-    cols = {k: [] for k in ("location", "first", "size", "open", "score", "label", "p")}
+    parts = []  # per location: (location, first, size, open, score, label, p)
     row = np.empty(g.idx.size, dtype=np.int64)
     bases, comp, rest = [], [], []
     d = g.directions.shape[1]
-    for loc, t in enumerate(g.ties):
-        mine = np.flatnonzero(g.location == loc)
-        firsts, inverse = np.unique(t.group[g.idx[mine]], return_inverse=True)
-        row[mine] = len(cols["first"]) + inverse
-        for f in firsts:
-            size, is_open = int(t.size[f]), bool(t.open[f])
-            score, label, pv = np.nan, -1, np.nan
-            if size == 1 and not is_open:
-                j = mine[g.idx[mine] == f][0]
-                score, label, pv = abs(best_cos[j]), int(best_label[j]), p[j]
-            elif not is_open:
-                first_row = plan[(loc, int(f))][0]
-                if first_row >= 0:
-                    score, label = found[first_row]
-                else:
-                    rest.append(len(cols["first"]))
-                    vecs = g.triples[loc][0]  # [r, d]: every residual vector of the location
-                    # A wide group of a weight whose triples span R^d: project on the other triples instead.
-                    wide = vecs.shape[0] == d and 2 * size > d
-                    bases.append(torch.cat([vecs[:f], vecs[f + size:]]) if wide else vecs[f:f + size])
-                    comp.append(wide)
-            for k, v in zip(cols, (loc, f, size, is_open, score, label, pv)):
-                cols[k].append(v)
-    out = _GroupScores(*(np.array(cols[k], dtype=float if k in ("score", "p") else None) for k in cols), row)
+    offset = 0
+    for loc, (t, mine) in enumerate(zip(g.ties, _by_location(g))):
+        firsts, pos, inverse = np.unique(t.group[g.idx[mine]], return_index=True, return_inverse=True)
+        row[mine] = offset + inverse
+        size, is_open = t.size[firsts], t.open[firsts]
+        score, label, pv = np.full(firsts.size, np.nan), np.full(firsts.size, -1), np.full(firsts.size, np.nan)
+        lone = (size == 1) & ~is_open
+        j = mine[pos[lone]]  # a lone triple's group is the vector itself
+        score[lone], label[lone], pv[lone] = np.abs(best_cos[j]), best_label[j], p[j]
+        for q in np.flatnonzero((size > 1) & ~is_open):
+            f, z = int(firsts[q]), int(size[q])
+            first_row = plan[(loc, f)][0]
+            if first_row >= 0:
+                score[q], label[q] = found[first_row]
+            else:
+                rest.append(offset + q)
+                vecs = g.triples[loc][0]  # [r, d]: every residual vector of the location
+                # A wide group of a weight whose triples span R^d: project on the other triples instead.
+                wide = vecs.shape[0] == d and 2 * z > d
+                bases.append(torch.cat([vecs[:f], vecs[f + z:]]) if wide else vecs[f:f + z])
+                comp.append(wide)
+        parts.append((np.full(firsts.size, loc), firsts, size, is_open, score, label, pv))
+        offset += firsts.size
+    out = _GroupScores(*(np.concatenate(c) for c in zip(*parts)), row)
     if bases:
         score, label = projection_maxima(bases, E, comp)
         out.score[rest], out.label[rest] = score, label
     tied = (out.size > 1) & ~out.open
     out.p[tied] = sub_null.pvalue(out.score[tied], out.size[tied])
     return out
+
+
+def _by_location(g: Group) -> list[np.ndarray]:
+    """Rows of g.directions per location, in order."""
+    order = np.argsort(g.location, kind="stable")
+    return np.split(order, np.searchsorted(g.location[order], np.arange(1, len(g.locations))))
 
 
 def _selectivity(g: Group, gram: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

@@ -126,9 +126,11 @@ def _chunks(N: int, chunk: int, groups) -> list[tuple[int, int]]:
 
 def _segments(groups, dtype=torch.long) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows of the groups (in order) and the group each belongs to."""
-    rows = torch.cat([torch.arange(f, f + z) for f, z in groups])
-    seg = torch.repeat_interleave(torch.arange(len(groups)), torch.tensor([z for _, z in groups]))
-    return rows, seg
+    first = torch.tensor([f for f, _ in groups])
+    size = torch.tensor([z for _, z in groups])
+    seg = torch.repeat_interleave(torch.arange(len(groups)), size)
+    offset = torch.arange(int(size.sum())) - torch.repeat_interleave(size.cumsum(0) - size, size)
+    return first[seg] + offset, seg
 
 
 def _group_sums(C: torch.Tensor, groups) -> torch.Tensor:
