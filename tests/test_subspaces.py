@@ -241,6 +241,20 @@ def test_group_scores_match_numpy(noise):
     assert checked > 0 and (noise < 20 or wide > 0)
 
 
+def test_a_group_cut_by_the_vector_selection_is_scored_whole():
+    """vectors=N may cut a tied group: its span is still the whole group's (projected apart from the search)."""
+    model = build("dt")
+    full = alignment(model, embeddings="state_in", weights=["K", "V"], noise=0.5)
+    part = alignment(model, embeddings="state_in", weights=["K", "V"], noise=0.5, vectors=[0, 3, 4, 5])
+    cut = 0
+    for r in part.vectors.rows():
+        ref = full.vectors.where(block=r["block"], weight=r["weight"], idx=r["idx"]).row(0)
+        assert (r["group"], r["group_size"]) == (ref["group"], ref["group_size"])
+        assert r["subspace_cos"] == pytest.approx(ref["subspace_cos"], abs=1e-12)
+        cut += r["group_size"] > 1 and not set(range(r["group"], r["group"] + r["group_size"])) <= {0, 3, 4, 5}
+    assert cut > 0
+
+
 def test_a_head_with_a_complement_gets_open_groups_not_scores():
     """A GPT-2 head's OV has rank d_head < d_model: a last singular value near 0 is tied with the complement."""
     model = build("gpt2")

@@ -51,6 +51,7 @@ class Group:
     group: np.ndarray  # first triple of the vector's group
     group_size: np.ndarray
     identifiable: np.ndarray
+    layout: "_Layout | None" = None  # made once by _layout
 
 
 @dataclass
@@ -335,80 +336,88 @@ def _score_set(adapter, es, groups, top: int, null: Null, sub_null: SubspaceNull
 
 def _score(g: Group, search: SearchSet, E, gram: torch.Tensor, top: int, null: Null, sub_null: SubspaceNull,
            progress) -> _Scored:
-    plan = _group_plan(g)
-    inside = [(row, size) for row, size in plan.values() if row >= 0]
-    ext = search.extremes(g.directions, top, progress=progress, desc=f"{g.weight} {g.side}", groups=inside)
+    lay = _layout(g)
+    ext = search.extremes(g.directions, top, progress=progress, desc=f"{g.weight} {g.side}", groups=lay.searched)
     pos = ext.top[:, 0] >= -ext.bottom[:, 0]
     best_cos = torch.where(pos, ext.top[:, 0], ext.bottom[:, 0]).double().numpy()
     best_label = torch.where(pos, ext.top_idx[:, 0], ext.bottom_idx[:, 0]).numpy()
     sel, sel_z = _selectivity(g, gram)
     p = null.pvalue(best_cos)
-    found = {}
-    if inside:
-        sq = ext.group_sq.double().clamp(0.0, 1.0).sqrt().numpy()
-        found = {row: (float(v), int(j)) for (row, _), v, j in zip(sorted(inside), sq, ext.group_idx.numpy())}
-    groups = _score_groups(g, E, best_cos, best_label, p, sub_null, plan, found)
+    groups = _score_groups(g, lay, ext, E, best_cos, best_label, p, sub_null)
     return _Scored(ext, best_cos, best_label, p, null.zscore(best_cos), sel, sel_z, groups)
 
 
-def _group_plan(g: Group) -> dict:
-    """(location, first) -> (first row in g.directions, size) of every determined tied group holding a searched
-    vector; row -1 where some member was not searched (the group is then projected separately)."""
-    plan = {}
+@dataclass
+class _Layout:
+    """Where the groups of a Group's searched vectors are: the same for every embedding set, so made once."""
+
+    location: np.ndarray  # [G]
+    first: np.ndarray
+    size: np.ndarray
+    open: np.ndarray
+    row: np.ndarray  # [N]: each searched vector's group
+    lone: np.ndarray  # groups that are one identifiable triple
+    lone_vector: np.ndarray  # ... and that vector's row
+    inside: np.ndarray  # tied groups wholly searched, in the order of `searched`
+    searched: list  # (first row, size) of those groups in g.directions, ascending: scored in the search pass
+    outside: np.ndarray  # tied groups with members not searched: projected separately
+
+
+def _layout(g: Group) -> _Layout:
+    if g.layout is not None:
+        return g.layout
+    parts, offset = [], 0
+    row = np.empty(g.idx.size, dtype=np.int64)
+    lone_vector, first_row = [], []
     for loc, (t, mine) in enumerate(zip(g.ties, _by_location(g))):
         idx = g.idx[mine]
-        firsts = np.unique(t.group[idx])
-        firsts = firsts[(t.size[firsts] > 1) & ~t.open[firsts]]
-        if not firsts.size:
-            continue
-        row_of = dict(zip(idx.tolist(), mine.tolist()))
-        for f in firsts.tolist():
-            size = int(t.size[f])
-            rows = [row_of.get(i, -1) for i in range(f, f + size)]
-            inside = min(rows) >= 0 and rows == list(range(rows[0], rows[0] + size))
-            plan[(loc, f)] = (rows[0] if inside else -1, size)
-    return plan
+        firsts, pos, inverse = np.unique(t.group[idx], return_index=True, return_inverse=True)
+        row[mine] = offset + inverse
+        size = t.size[firsts]
+        parts.append((np.full(firsts.size, loc), firsts, size, t.open[firsts]))
+        lone_vector.append(mine[pos])
+        # Wholly searched: the group's first and last members are both searched, size - 1 rows apart (a location's
+        # rows follow idx in ascending order, so nothing else can lie between them).
+        last = np.minimum(np.searchsorted(idx, firsts + size - 1), idx.size - 1)
+        whole = (idx[pos] == firsts) & (idx[last] == firsts + size - 1) & (last - pos == size - 1)
+        first_row.append(np.where(whole, mine[pos], -1))
+        offset += firsts.size
+    loc, first, size, is_open = (np.concatenate(c) for c in zip(*parts))
+    lone_vector, first_row = np.concatenate(lone_vector), np.concatenate(first_row)
+    tied = (size > 1) & ~is_open
+    lone = (size == 1) & ~is_open
+    inside = np.flatnonzero(tied & (first_row >= 0))
+    inside = inside[np.argsort(first_row[inside], kind="stable")]
+    g.layout = _Layout(loc, first, size, is_open, row, np.flatnonzero(lone), lone_vector[lone], inside,
+                       [(int(first_row[q]), int(size[q])) for q in inside], np.flatnonzero(tied & (first_row < 0)))
+    return g.layout
 
 
-def _score_groups(g: Group, E, best_cos, best_label, p, sub_null: SubspaceNull, plan: dict,
-                  found: dict) -> _GroupScores:
+def _score_groups(g: Group, lay: _Layout, ext, E, best_cos, best_label, p, sub_null: SubspaceNull) -> _GroupScores:
     """Score every group that holds a searched vector: a lone triple by its own best |cos| and p (a 1-dimensional
     span is the vector), a tied group by its best projection (from the search pass, or projected here when not
     all of it was searched) against the subspace law of its size."""
-    parts = []  # per location: (location, first, size, open, score, label, p)
-    row = np.empty(g.idx.size, dtype=np.int64)
-    bases, comp, rest = [], [], []
-    d = g.directions.shape[1]
-    offset = 0
-    for loc, (t, mine) in enumerate(zip(g.ties, _by_location(g))):
-        firsts, pos, inverse = np.unique(t.group[g.idx[mine]], return_index=True, return_inverse=True)
-        row[mine] = offset + inverse
-        size, is_open = t.size[firsts], t.open[firsts]
-        score, label, pv = np.full(firsts.size, np.nan), np.full(firsts.size, -1), np.full(firsts.size, np.nan)
-        lone = (size == 1) & ~is_open
-        j = mine[pos[lone]]  # a lone triple's group is the vector itself
-        score[lone], label[lone], pv[lone] = np.abs(best_cos[j]), best_label[j], p[j]
-        for q in np.flatnonzero((size > 1) & ~is_open):
-            f, z = int(firsts[q]), int(size[q])
-            first_row = plan[(loc, f)][0]
-            if first_row >= 0:
-                score[q], label[q] = found[first_row]
-            else:
-                rest.append(offset + q)
-                vecs = g.triples[loc][0]  # [r, d]: every residual vector of the location
-                # A wide group of a weight whose triples span R^d: project on the other triples instead.
-                wide = vecs.shape[0] == d and 2 * z > d
-                bases.append(torch.cat([vecs[:f], vecs[f + z:]]) if wide else vecs[f:f + z])
-                comp.append(wide)
-        parts.append((np.full(firsts.size, loc), firsts, size, is_open, score, label, pv))
-        offset += firsts.size
-    out = _GroupScores(*(np.concatenate(c) for c in zip(*parts)), row)
-    if bases:
-        score, label = projection_maxima(bases, E, comp)
-        out.score[rest], out.label[rest] = score, label
-    tied = (out.size > 1) & ~out.open
-    out.p[tied] = sub_null.pvalue(out.score[tied], out.size[tied])
-    return out
+    G = lay.first.size
+    score, label, pv = np.full(G, np.nan), np.full(G, -1), np.full(G, np.nan)
+    v = lay.lone_vector
+    score[lay.lone], label[lay.lone], pv[lay.lone] = np.abs(best_cos[v]), best_label[v], p[v]
+    if lay.inside.size:
+        score[lay.inside] = ext.group_sq.double().clamp(0.0, 1.0).sqrt().numpy()
+        label[lay.inside] = ext.group_idx.numpy()
+    if lay.outside.size:
+        d = g.directions.shape[1]
+        bases, comp = [], []
+        for q in lay.outside:
+            f, z = int(lay.first[q]), int(lay.size[q])
+            vecs = g.triples[lay.location[q]][0]  # [r, d]: every residual vector of the location
+            # A wide group of a weight whose triples span R^d: project on the other triples instead.
+            wide = vecs.shape[0] == d and 2 * z > d
+            bases.append(torch.cat([vecs[:f], vecs[f + z:]]) if wide else vecs[f:f + z])
+            comp.append(wide)
+        score[lay.outside], label[lay.outside] = projection_maxima(bases, E, comp)
+    tied = (lay.size > 1) & ~lay.open
+    pv[tied] = sub_null.pvalue(score[tied], lay.size[tied])
+    return _GroupScores(lay.location, lay.first, lay.size, lay.open, score, label, pv, lay.row)
 
 
 def _by_location(g: Group) -> list[np.ndarray]:
