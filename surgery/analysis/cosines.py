@@ -214,18 +214,23 @@ class _Screener:
         delta = torch.zeros(len(groups)).index_add_(0, seg, (2 * big + eps) * eps)
         sq = torch.zeros(len(groups), cb.shape[1]).index_add_(0, seg, cb * cb)  # [groups, n]
         edge = sq.amax(dim=1) - 2 * delta - 1e-6  # 1e-6: the float32 sums of squares themselves
-        best_v = torch.empty(len(groups), dtype=D.dtype)
-        best_i = torch.empty(len(groups), dtype=torch.long)
-        for g, (f, z) in enumerate(groups):
-            cand = torch.nonzero(sq[g] >= edge[g]).squeeze(1)  # every label that can be the best
-            members = D[f:f + z]
-            if cand.numel() > max(64, self.E.shape[0] // 8):  # the bound is too loose to help: exact row
-                exact = ((members @ self.E.T) ** 2).sum(0)
-                best_v[g], best_i[g] = exact.max(dim=0)
-            else:
-                exact = ((members @ self.E[cand].T) ** 2).sum(0)
-                v, j = exact.max(dim=0)
-                best_v[g], best_i[g] = v, cand[j]
+        n, G = cb.shape[1], len(groups)
+        cand = sq >= edge[:, None]  # [groups, n]: every label that can be a group's best
+        loose = cand.sum(dim=1) > max(64, n // 8)  # the bound is too loose to help: exact rows
+        gi, lj = torch.nonzero(cand & ~loose[:, None], as_tuple=True)  # (group, label) pairs to rescore
+        first = torch.tensor([f for f, _ in groups])
+        size = torch.tensor([z for _, z in groups])
+        reps = size[gi]
+        pair = torch.repeat_interleave(torch.arange(gi.numel()), reps)
+        member = first[gi][pair] + torch.arange(int(reps.sum())) - torch.repeat_interleave(reps.cumsum(0) - reps, reps)
+        cos = (D[member] * self.E[lj[pair]]).sum(dim=1)  # exact, one per (pair, member)
+        pair_sq = torch.zeros(gi.numel(), dtype=D.dtype).index_add_(0, pair, cos * cos)
+        best_v = torch.zeros(G, dtype=D.dtype).scatter_reduce_(0, gi, pair_sq, "amax", include_self=False)
+        at_best = pair_sq == best_v[gi]
+        best_i = torch.full((G,), n, dtype=torch.long).scatter_reduce_(0, gi[at_best], lj[at_best], "amin")
+        for g in torch.nonzero(loose).flatten().tolist():
+            f, z = groups[g]
+            best_v[g], best_i[g] = ((D[f:f + z] @ self.E.T) ** 2).sum(0).max(dim=0)
         return [best_v, best_i]
 
     def _candidates(self, D, Cb, err, k, kc, largest):
