@@ -55,7 +55,8 @@ def test_dt_checkpoint_dir(capsys, tmp_path, dt_dir):
     assert code == 0, err
     assert "embedding" in stdout and "needs |cos|" in stdout and "action_out" in stdout
     assert "Searched K read, V write, OV read+write, QK query+key of blocks 0..1" in stdout
-    for f in ("report.html", "report.md", "summary.csv", "weights.csv", "vectors.csv", "alignment.csv",
+    assert "Ties: neighbours closer than" in stdout and "its group (span)" in stdout
+    for f in ("report.html", "report.md", "summary.csv", "weights.csv", "vectors.csv", "groups.csv", "alignment.csv",
               "summary.json", "figures/overview.png"):
         assert (out / f).is_file(), f
     html = (out / "report.html").read_text()
@@ -96,6 +97,7 @@ def test_hf_name_found_in_local_cache(capsys, tmp_path, monkeypatch):
     (["--embeddings", "nope"], "unknown embedding set(s) ['nope']; this model has: state_in, action_in"),
     (["--blocks", "7"], "block [7] out of range: this model has 2 blocks (valid: 0..1)"),
     (["--heads", "9"], "head [9] out of range"),
+    (["--noise", "-0.1"], "noise=-0.1 must be a non-negative number"),
 ])
 def test_bad_input_is_one_line_and_exit_2(capsys, tmp_path, dt_dir, args, message):
     code, stdout, err = run(capsys, dt_dir, "--out", tmp_path / "r", *args)

@@ -52,7 +52,20 @@ def test_markdown_and_tables(report, loc):
     table = [line for line in md.splitlines() if line.startswith("|")]
     cells = lambda line: len(re.findall(r"(?<!\\)\|", line)) - 1  # noqa: E731  (unescaped pipes)
     summary = table[:2 + 3]  # header, rule, one row per set
-    assert [cells(line) for line in summary] == [11] * 5, summary
+    assert [cells(line) for line in summary] == [12] * 5, summary
+    # Every strongest vector's group cell says whether it is identifiable, as the summary table does.
+    for line, r in zip(summary[2:], loc.summary.rows()):
+        assert ("rotation-unstable #" in line) == (not r["identifiable"]) == ("| identifiable |" not in line)
+    # The findings tables mark each vector inside a tied group, and show its span's score beside it.
+    for name in ("action_out", "state_in", "return_in"):
+        part = md.split(f"## {name}")[1]
+        head = next(line for line in part.splitlines() if line.startswith("| where"))
+        assert "| gap | identifiable | span \\|proj\\| | span label | span p_adj |" in head
+        rows = [line for line in part.splitlines() if line.startswith("| block")][:10]
+        ranking = loc.ranking.where(embedding=name).head(len(rows))
+        for line, ident in zip(rows, ranking["identifiable"]):
+            assert ("rotation-unstable" in line) == (not ident), line
+    assert len(list(csv.DictReader(io.StringIO(report.files["groups.csv"])))) == len(loc.alignment.groups)
     rows = list(csv.DictReader(io.StringIO(report.files["summary.csv"])))
     assert [r["embedding"] for r in rows] == ["action_out", "state_in", "return_in"]
     assert len(list(csv.DictReader(io.StringIO(report.files["vectors.csv"])))) == len(loc.ranking)

@@ -5,6 +5,11 @@ singular vector keeps its k most positive and k most negative labels (the sign o
 convention, so both ends matter), and is scored by its best |cos| against what random
 directions reach against the same set (`surgery.analysis.chance`), corrected for how many vectors
 were searched.
+
+Nearly equal singular values make single vectors arbitrary within their shared span
+(`surgery.analysis.subspaces`): every vector carries its relative gap, its tied group and whether it
+is identifiable, and every group is scored as a subspace (the best |cos| of any unit vector in its
+span) against its own chance law, corrected over the groups searched.
 """
 from __future__ import annotations
 
@@ -14,9 +19,10 @@ import numpy as np
 import torch
 
 from adapters import WEIGHTS, Adapter, wrap
-from surgery.analysis.chance import Null, null_for
+from surgery.analysis.chance import Null, SubspaceNull, null_for, subspace_null_for
 from surgery.analysis.cosines import SearchSet, unit_rows
-from surgery.analysis.settings import FAMILIES, AlignmentSettings
+from surgery.analysis.settings import FAMILIES, NOISE, AlignmentSettings
+from surgery.analysis.subspaces import projection_maxima, tie_threshold, ties
 from surgery.analysis.tables import Table
 from surgery.core.decomposition import RESIDUAL_SIDES, decompose
 from surgery.core.threads import torch_threads
@@ -39,7 +45,13 @@ class Group:
     location: np.ndarray  # index into the group's locations
     rank: int  # triples the weight has
     locations: list  # (block, head) per location
-    triples: list  # per location: (all residual vectors [r, d], S [r]) for the selectivity
+    triples: list  # per location: (all residual vectors [r, d], S [r]) for the selectivity and the subspaces
+    ties: list  # per location: its spectrum's subspaces.Ties
+    rel_gap: np.ndarray  # per vector, from ties
+    group: np.ndarray  # first triple of the vector's group
+    group_size: np.ndarray
+    identifiable: np.ndarray
+    layout: "_Layout | None" = None  # made once by _layout
 
 
 @dataclass
@@ -47,15 +59,24 @@ class Alignment:
     """What `alignment` found: tidy records, one row per vector, one row per weight; the nulls used."""
 
     records: Table
-    """Per (embedding, block, weight, head, side, idx, tail, rank): the label, cos, p, p_adj, z."""
+    """Per (embedding, block, weight, head, side, idx, tail, rank): the label, cos, p, p_adj, z, and the
+    vector's tied group (group, group_size, identifiable)."""
     vectors: Table
-    """Per (embedding, singular vector): its best label by |cos| and how far that is beyond chance."""
+    """Per (embedding, singular vector): its best label by |cos| and how far that is beyond chance; its
+    relative gap, tied group and identifiability; its group's subspace score (subspace_cos, subspace_label,
+    subspace_p, subspace_p_adj)."""
     weights: Table
     """Per (embedding, block, weight, head, side): how many vectors beat chance, the best one, the selectivity."""
+    groups: Table | None = None
+    """Per (embedding, block, weight, head, side, group) searched: its size, subspace score, p and p_adj."""
     nulls: dict = field(default_factory=dict)
     """Embedding set -> the `chance.Null` of its max |cos|."""
+    subspace_nulls: dict = field(default_factory=dict)
+    """Embedding set -> the `chance.SubspaceNull` of its max projection on a random k-dimensional span."""
     family_size: dict = field(default_factory=dict)
     """Embedding set -> number of comparisons its p-values were corrected for."""
+    group_family_size: dict = field(default_factory=dict)
+    """Embedding set -> number of groups its subspace p-values were corrected for."""
     settings: "AlignmentSettings | None" = None
     """What was compared and how, every default resolved."""
     adapter: Adapter | None = None
@@ -111,27 +132,35 @@ def alignment(model, settings: AlignmentSettings | None = None, *, progress: boo
         raise SurgeryError(f"family={s.family!r} is not known; valid: {', '.join(map(repr, FAMILIES))}")
     if not 0 < s.alpha < 1:
         raise SurgeryError(f"alpha={s.alpha!r} must be between 0 and 1")
+    if s.noise is not None:
+        tie_threshold(s.noise, (1, 1))  # raises a SurgeryError naming what is valid
     plan = _plan(adapter, weights, s.sides)
     _check_vectors(s.vectors, adapter, [w for w, _ in plan])
     small = _small(adapter, [sets[n] for n in names])
     dtype = _check_dtype(s.dtype) or (torch.float64 if small else torch.float32)
     with _one_thread(small):
-        groups = [_gather(adapter, w, side, blocks, heads, s.vectors, s.fold_ln, dtype, s.method) for w, side in plan]
-        nulls, per_set = {}, {}
+        groups = [_gather(adapter, w, side, blocks, heads, s.vectors, s.fold_ln, dtype, s.method, s.noise)
+                  for w, side in plan]
+        nulls, sub_nulls, per_set = {}, {}, {}
         for name in names:
             nulls[name] = null_for(sets[name].vectors, draws=s.draws, seed=s.seed, progress=bool(progress))
-            per_set[name] = _score_set(adapter, sets[name], groups, s.top, nulls[name], dtype, progress)
+            sub_nulls[name] = subspace_null_for(sets[name].vectors, seed=s.seed)
+            per_set[name] = _score_set(adapter, sets[name], groups, s.top, nulls[name], sub_nulls[name], dtype,
+                                       progress)
         family_size = _correct(per_set, s.correction, s.family)
-        tables = [[], [], []]
+        group_family = _correct_groups(per_set, s.correction, s.family)
+        tables = [[], [], [], []]
         for name in names:
             labels = sets[name].labels
             for g, sc in zip(groups, per_set[name]):
                 tables[0].append(_records(name, g, sc, labels, nulls[name], family_size[name], s.correction))
                 tables[1].append(_vector_table(name, g, sc, labels))
                 tables[2].append(_weight_table(name, g, sc, labels, s.alpha))
+                tables[3].append(_group_table(name, g, sc, labels, s.alpha))
     used = replace(s, embeddings=tuple(names), weights=tuple(weights), blocks=tuple(blocks), heads=tuple(heads),
                    dtype=str(dtype).replace("torch.", ""))
-    return Alignment(*(Table.concat(t) for t in tables), nulls, family_size, used, adapter)
+    records, vectors, weights_, groups_ = (Table.concat(t) for t in tables)
+    return Alignment(records, vectors, weights_, groups_, nulls, sub_nulls, family_size, group_family, used, adapter)
 
 
 def _check_dtype(dtype) -> torch.dtype | None:
@@ -219,10 +248,11 @@ def _select(vectors, r: int) -> np.ndarray:
 
 
 # ---- the singular vectors ------------------------------------------------------------------------
-def _gather(adapter, weight, side, blocks, heads, vectors, fold_ln, dtype, method) -> Group:
+def _gather(adapter, weight, side, blocks, heads, vectors, fold_ln, dtype, method, noise) -> Group:
     """Every selected singular vector of one (weight, side) as rows of one matrix, with where it came from."""
     per_head = weight in ("OV", "QK")
-    rows, cols, locations, triples = [], [], [], []
+    rank = adapter.rank(weight)
+    rows, cols, locations, triples, tied = [], [], [], [], []
     kwargs = {} if method is None else {"method": method}
     if method not in (None, "exact") and isinstance(vectors, (int, np.integer)) and not isinstance(vectors, bool):
         kwargs["k"] = min(int(vectors), adapter.rank(weight))  # fast routes compute only the leading triples
@@ -234,14 +264,26 @@ def _gather(adapter, weight, side, blocks, heads, vectors, fold_ln, dtype, metho
             S = (svd.S[h] if per_head else svd.S).to(dtype)
             pick = _select(vectors, S.shape[0])
             full = lambda v: np.full(pick.size, v)  # noqa: E731
-            cols.append((full(b), full(h), pick, full(len(locations)), S[pick].double().numpy()))
+            # A head's OV/QK (rank d_head < d_model) has the zeros of the complement below its last triple.
+            t = ties(S.double().numpy(), NOISE[weight] if noise is None else noise, shape(adapter, weight),
+                     complement=adapter.d_model > rank, complete=S.shape[0] == rank)
+            cols.append((full(b), full(h), pick, full(len(locations)), S[pick].double().numpy(),
+                         t.rel_gap[pick], t.group[pick], t.size[pick], t.identifiable[pick]))
             locations.append((b, h))
             triples.append((V.T, S))
+            tied.append(t)
             rows.append(V[:, pick].T)
-    block, head, idx, location, sv = (np.concatenate(c) for c in zip(*cols))
+    block, head, idx, location, sv, gap, grp, size, ident = (np.concatenate(c) for c in zip(*cols))
     # Singular vectors are unit already; renormalising guards against drift in float32 products.
     D = unit_rows(torch.cat(rows), dtype)
-    return Group(weight, side, D, block, head, idx, sv, location, adapter.rank(weight), locations, triples)
+    return Group(weight, side, D, block, head, idx, sv, location, rank, locations, triples, tied, gap, grp, size,
+                 ident)
+
+
+def shape(adapter, weight: str) -> tuple[int, int]:
+    """(m, n) of a weight as decomposed: K [d_model, d_mlp], V [d_mlp, d_model], a head's OV or QK [d_model, d_model]."""
+    return {"K": (adapter.d_model, adapter.d_mlp), "V": (adapter.d_mlp, adapter.d_model)}.get(
+        weight, (adapter.d_model, adapter.d_model))
 
 
 # ---- scoring -----------------------------------------------------------------------------------------
@@ -254,10 +296,26 @@ class _Scored:
     z: np.ndarray
     selectivity: np.ndarray  # per location
     selectivity_z: np.ndarray
+    groups: "_GroupScores"
     p_adj: np.ndarray | None = None
 
 
-def _score_set(adapter, es, groups, top: int, null: Null, dtype, progress) -> list[_Scored]:
+@dataclass
+class _GroupScores:
+    """Every tied group holding a searched vector, scored as a subspace; `row` maps each vector to its group."""
+
+    location: np.ndarray
+    first: np.ndarray
+    size: np.ndarray
+    open: np.ndarray
+    score: np.ndarray  # nan where open (the span is not determined)
+    label: np.ndarray  # -1 where open
+    p: np.ndarray  # nan where open
+    row: np.ndarray  # [N] per searched vector
+    p_adj: np.ndarray | None = None
+
+
+def _score_set(adapter, es, groups, top: int, null: Null, sub_null: SubspaceNull, dtype, progress) -> list[_Scored]:
     """Every group's singular vectors against one embedding set."""
     if es.vectors.shape[-1] != adapter.d_model:
         raise SurgeryError(f"embedding set {es.name!r} has vectors of length {es.vectors.shape[-1]}, "
@@ -265,16 +323,99 @@ def _score_set(adapter, es, groups, top: int, null: Null, dtype, progress) -> li
     E = unit_rows(es.vectors, dtype)
     gram = (E.T @ E).double()  # sum_j e_j e_j^T, for the selectivity (in the analysis dtype: a 50k-row product)
     search = SearchSet(E)  # prepared once for all groups
-    return [_score(g, search, gram, top, null, progress) for g in groups]
+    return [_score(g, search, E, gram, top, null, sub_null, progress) for g in groups]
 
 
-def _score(g: Group, search: SearchSet, gram: torch.Tensor, top: int, null: Null, progress) -> _Scored:
-    ext = search.extremes(g.directions, top, progress=progress, desc=f"{g.weight} {g.side}")
+def _score(g: Group, search: SearchSet, E, gram: torch.Tensor, top: int, null: Null, sub_null: SubspaceNull,
+           progress) -> _Scored:
+    lay = _layout(g)
+    ext = search.extremes(g.directions, top, progress=progress, desc=f"{g.weight} {g.side}", groups=lay.searched)
     pos = ext.top[:, 0] >= -ext.bottom[:, 0]
     best_cos = torch.where(pos, ext.top[:, 0], ext.bottom[:, 0]).double().numpy()
     best_label = torch.where(pos, ext.top_idx[:, 0], ext.bottom_idx[:, 0]).numpy()
     sel, sel_z = _selectivity(g, gram)
-    return _Scored(ext, best_cos, best_label, null.pvalue(best_cos), null.zscore(best_cos), sel, sel_z)
+    p = null.pvalue(best_cos)
+    groups = _score_groups(g, lay, ext, E, best_cos, best_label, p, sub_null)
+    return _Scored(ext, best_cos, best_label, p, null.zscore(best_cos), sel, sel_z, groups)
+
+
+@dataclass
+class _Layout:
+    """Where the groups of a Group's searched vectors are: the same for every embedding set, so made once."""
+
+    location: np.ndarray  # [G]
+    first: np.ndarray
+    size: np.ndarray
+    open: np.ndarray
+    row: np.ndarray  # [N]: each searched vector's group
+    lone: np.ndarray  # groups that are one identifiable triple
+    lone_vector: np.ndarray  # ... and that vector's row
+    inside: np.ndarray  # tied groups wholly searched, in the order of `searched`
+    searched: list  # (first row, size) of those groups in g.directions, ascending: scored in the search pass
+    outside: np.ndarray  # tied groups with members not searched: projected separately
+
+
+def _layout(g: Group) -> _Layout:
+    if g.layout is not None:
+        return g.layout
+    parts, offset = [], 0
+    row = np.empty(g.idx.size, dtype=np.int64)
+    lone_vector, first_row = [], []
+    for loc, (t, mine) in enumerate(zip(g.ties, _by_location(g))):
+        idx = g.idx[mine]
+        firsts, pos, inverse = np.unique(t.group[idx], return_index=True, return_inverse=True)
+        row[mine] = offset + inverse
+        size = t.size[firsts]
+        parts.append((np.full(firsts.size, loc), firsts, size, t.open[firsts]))
+        lone_vector.append(mine[pos])
+        # Wholly searched: the group's first and last members are both searched, size - 1 rows apart (a location's
+        # rows follow idx in ascending order, so nothing else can lie between them).
+        last = np.minimum(np.searchsorted(idx, firsts + size - 1), idx.size - 1)
+        whole = (idx[pos] == firsts) & (idx[last] == firsts + size - 1) & (last - pos == size - 1)
+        first_row.append(np.where(whole, mine[pos], -1))
+        offset += firsts.size
+    loc, first, size, is_open = (np.concatenate(c) for c in zip(*parts))
+    lone_vector, first_row = np.concatenate(lone_vector), np.concatenate(first_row)
+    tied = (size > 1) & ~is_open
+    lone = (size == 1) & ~is_open
+    inside = np.flatnonzero(tied & (first_row >= 0))
+    inside = inside[np.argsort(first_row[inside], kind="stable")]
+    g.layout = _Layout(loc, first, size, is_open, row, np.flatnonzero(lone), lone_vector[lone], inside,
+                       [(int(first_row[q]), int(size[q])) for q in inside], np.flatnonzero(tied & (first_row < 0)))
+    return g.layout
+
+
+def _score_groups(g: Group, lay: _Layout, ext, E, best_cos, best_label, p, sub_null: SubspaceNull) -> _GroupScores:
+    """Score every group that holds a searched vector: a lone triple by its own best |cos| and p (a 1-dimensional
+    span is the vector), a tied group by its best projection (from the search pass, or projected here when not
+    all of it was searched) against the subspace law of its size."""
+    G = lay.first.size
+    score, label, pv = np.full(G, np.nan), np.full(G, -1), np.full(G, np.nan)
+    v = lay.lone_vector
+    score[lay.lone], label[lay.lone], pv[lay.lone] = np.abs(best_cos[v]), best_label[v], p[v]
+    if lay.inside.size:
+        score[lay.inside] = ext.group_sq.double().clamp(0.0, 1.0).sqrt().numpy()
+        label[lay.inside] = ext.group_idx.numpy()
+    if lay.outside.size:
+        d = g.directions.shape[1]
+        bases, comp = [], []
+        for q in lay.outside:
+            f, z = int(lay.first[q]), int(lay.size[q])
+            vecs = g.triples[lay.location[q]][0]  # [r, d]: every residual vector of the location
+            # A wide group of a weight whose triples span R^d: project on the other triples instead.
+            wide = vecs.shape[0] == d and 2 * z > d
+            bases.append(torch.cat([vecs[:f], vecs[f + z:]]) if wide else vecs[f:f + z])
+            comp.append(wide)
+        score[lay.outside], label[lay.outside] = projection_maxima(bases, E, comp)
+    tied = (lay.size > 1) & ~lay.open
+    pv[tied] = sub_null.pvalue(score[tied], lay.size[tied])
+    return _GroupScores(lay.location, lay.first, lay.size, lay.open, score, label, pv, lay.row)
+
+
+def _by_location(g: Group) -> list[np.ndarray]:
+    """Rows of g.directions per location, in order."""
+    order = np.argsort(g.location, kind="stable")
+    return np.split(order, np.searchsorted(g.location[order], np.arange(1, len(g.locations))))
 
 
 def _selectivity(g: Group, gram: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -319,6 +460,24 @@ def _correct(per_set: dict, correction: str, family: str) -> dict:
     return {name: p.size for name in per_set}
 
 
+def _correct_groups(per_set: dict, correction: str, family: str) -> dict:
+    """Fill the groups' p_adj: one family per set (or one over all), open groups (no p) left out."""
+    families = [[s.groups for s in scored] for scored in per_set.values()] if family == "set" \
+        else [[s.groups for scored in per_set.values() for s in scored]]
+    sizes = []
+    for fam in families:
+        p = np.concatenate([gs.p for gs in fam]) if fam else np.zeros(0)
+        ok = np.isfinite(p)
+        adj = np.full(p.size, np.nan)
+        adj[ok] = adjust_pvalues(p[ok], correction)
+        start = 0
+        for gs in fam:
+            gs.p_adj = adj[start:start + gs.p.size]
+            start += gs.p.size
+        sizes.append(int(ok.sum()))
+    return dict(zip(per_set, sizes)) if family == "set" else {name: sizes[0] for name in per_set}
+
+
 def _split_back(scored, adjusted) -> None:
     start = 0
     for s in scored:
@@ -360,30 +519,42 @@ def _records(name, g: Group, sc: _Scored, labels, null: Null, m: int, correction
         "label": _label_strings(labels, lab.ravel()), "label_index": lab.ravel(),
         "cos": cos.ravel(), "abs_cos": np.abs(cos).ravel(), "p": p.ravel(), "p_adj": p_adj.ravel(),
         "z": null.zscore(cos).ravel(),
+        "group": rep(g.group), "group_size": rep(g.group_size), "identifiable": rep(g.identifiable),
     }, nullable=("head",))
 
 
 def _vector_table(name, g: Group, sc: _Scored, labels) -> Table:
     n = g.idx.size
+    gs = sc.groups
     return Table({
         "embedding": np.full(n, name, dtype=object), "block": g.block, "weight": np.full(n, g.weight, dtype=object),
         "head": g.head, "side": np.full(n, g.side, dtype=object), "idx": g.idx, "singular_value": g.sv,
         "label": _label_strings(labels, sc.best_label), "label_index": sc.best_label,
         "cos": sc.best_cos, "abs_cos": np.abs(sc.best_cos), "p": sc.p, "p_adj": sc.p_adj, "z": sc.z,
+        "rel_gap": g.rel_gap, "group": g.group, "group_size": g.group_size, "identifiable": g.identifiable,
+        "subspace_cos": gs.score[gs.row], "subspace_label": _group_labels(labels, gs.label)[gs.row],
+        "subspace_p": gs.p[gs.row], "subspace_p_adj": gs.p_adj[gs.row],
     }, nullable=("head",))
+
+
+def _group_labels(labels, index: np.ndarray) -> np.ndarray:
+    """Label strings of groups' best labels; "" for an open group (no score)."""
+    out = _label_strings(labels, np.maximum(index, 0))
+    out[index < 0] = ""
+    return out
 
 
 def _weight_table(name, g: Group, sc: _Scored, labels, alpha: float) -> Table:
     L = len(g.locations)
-    cols = {k: [] for k in ("block", "head", "n_vectors", "n_significant", "selectivity", "selectivity_z",
-                            "best_idx", "best_label",
-                            "best_cos", "best_p_adj", "best_z")}
+    cols = {k: [] for k in ("block", "head", "n_vectors", "n_significant", "n_tied", "selectivity", "selectivity_z",
+                            "best_idx", "best_label", "best_cos", "best_p_adj", "best_z", "best_identifiable")}
     for loc, (b, h) in enumerate(g.locations):
         mine = np.flatnonzero(g.location == loc)
         cols["block"].append(b)
         cols["head"].append(h)
         cols["n_vectors"].append(mine.size)
         cols["n_significant"].append(int((sc.p_adj[mine] < alpha).sum()))
+        cols["n_tied"].append(int((~g.identifiable[mine]).sum()))
         cols["selectivity"].append(sc.selectivity[loc])
         cols["selectivity_z"].append(sc.selectivity_z[loc])
         if mine.size:
@@ -393,13 +564,35 @@ def _weight_table(name, g: Group, sc: _Scored, labels, alpha: float) -> Table:
             cols["best_cos"].append(float(sc.best_cos[j]))
             cols["best_p_adj"].append(float(sc.p_adj[j]))
             cols["best_z"].append(float(sc.z[j]))
+            cols["best_identifiable"].append(bool(g.identifiable[j]))
         else:
             for c, v in (("best_idx", -1), ("best_label", ""), ("best_cos", np.nan), ("best_p_adj", np.nan),
-                         ("best_z", np.nan)):
+                         ("best_z", np.nan), ("best_identifiable", False)):
                 cols[c].append(v)
     return Table({"embedding": np.full(L, name, dtype=object), "block": np.array(cols["block"], dtype=int),
                   "weight": np.full(L, g.weight, dtype=object), "head": np.array(cols["head"], dtype=int),
                   "side": np.full(L, g.side, dtype=object),
                   **{c: np.array(cols[c], dtype=object if c == "best_label" else None)
-                     for c in ("n_vectors", "n_significant", "selectivity", "selectivity_z", "best_idx", "best_label",
-                               "best_cos", "best_p_adj", "best_z")}}, nullable=("head", "best_idx"))
+                     for c in ("n_vectors", "n_significant", "n_tied", "selectivity", "selectivity_z", "best_idx",
+                               "best_label", "best_cos", "best_p_adj", "best_z", "best_identifiable")}},
+                 nullable=("head", "best_idx"))
+
+
+def _group_table(name, g: Group, sc: _Scored, labels, alpha: float) -> Table:
+    """One row per group holding a searched vector: where, which triples, its subspace score against chance, and how
+    many of its searched members beat chance alone (the best of them for comparison)."""
+    gs = sc.groups
+    G = gs.first.size
+    n_sig = np.zeros(G, dtype=int)
+    np.add.at(n_sig, gs.row, sc.p_adj < alpha)
+    best_member = np.zeros(G)
+    np.maximum.at(best_member, gs.row, np.abs(sc.best_cos))
+    loc_block = np.array([b for b, _ in g.locations], dtype=int)
+    loc_head = np.array([h for _, h in g.locations], dtype=int)
+    return Table({
+        "embedding": np.full(G, name, dtype=object), "block": loc_block[gs.location],
+        "weight": np.full(G, g.weight, dtype=object), "head": loc_head[gs.location],
+        "side": np.full(G, g.side, dtype=object), "group": gs.first, "group_size": gs.size, "open": gs.open,
+        "subspace_cos": gs.score, "label": _group_labels(labels, gs.label), "label_index": gs.label,
+        "p": gs.p, "p_adj": gs.p_adj, "n_significant": n_sig, "best_member_abs_cos": best_member,
+    }, nullable=("head", "label_index"))

@@ -161,3 +161,121 @@ def null_for(embeddings: torch.Tensor, draws: int | None = None, seed: int = 0, 
         _NULLS.clear()
     _NULLS[key] = null
     return null
+
+
+# ---- a subspace: exact law for one vector, Monte Carlo for a set ------------------------------------
+# For a fixed unit vector e and a uniformly random k-dimensional subspace B of R^d (equivalently a
+# fixed B and a uniformly random e), |P_B e|^2 ~ Beta(k/2, (d-k)/2); k = 1 is cos^2 ~ Beta(1/2, (d-1)/2)
+# above. The score of a tied group against a set is max_j |P_B e_j|, sampled as for single vectors.
+SUBSPACE_DRAWS = 2000
+"""Random subspaces per set. Fewer than for single vectors: a group's p-value is corrected over hundreds of
+groups, where the exact union bound, not the sample, decides; the sample refines moderate p-values."""
+SUBSPACE_BUDGET = 4e8
+"""Multiply-adds one set's subspace null may cost (a few tenths of a second); bigger sets get fewer draws."""
+SUBSPACE_MIN_DRAWS = 1000
+"""Below this many affordable draws the sample is not worth its cost: the exact union bound alone is used."""
+
+
+def subspace_pvalue(s, k, d: int):
+    """P(|P_B e| >= s) for a fixed unit vector e and a uniformly random k-dimensional subspace B of R^d (exact).
+
+    |P_B e|^2 ~ Beta(k/2, (d-k)/2), so P = I_{1-s^2}((d-k)/2, k/2); for k >= d the projection is e itself (P = 1).
+    """
+    s2 = np.minimum(np.asarray(s, dtype=float) ** 2, 1.0)
+    k = np.asarray(k)
+    full = k >= d
+    kk = np.where(full, 1, k)
+    p = special.betainc((d - kk) / 2, kk / 2, 1.0 - s2)
+    return np.where(full, 1.0, p)
+
+
+@dataclass
+class SubspaceNull:
+    """Law of max_j |P_B e_j| over one embedding set for uniformly random k-dimensional subspaces B of R^d."""
+
+    d: int
+    n: int
+    """Number of (nonzero) vectors in the set."""
+    samples: np.ndarray
+    """[draws, d]: column k-1 holds sorted Monte Carlo draws of the statistic for dimension k (no rows: the
+    union bound alone, exact for a one-vector set)."""
+    seed: int
+
+    def pvalue(self, s, k):
+        """P(max_j |P_B e_j| >= s) for a k-dimensional B: min(Monte Carlo (1+#>=s)/(M+1), union bound n P_1)."""
+        s = np.abs(np.asarray(s, dtype=float))
+        k = np.broadcast_to(np.asarray(k, dtype=int), s.shape)
+        if np.any(k < 1):
+            raise SurgeryError(f"subspace dimensions must be >= 1, got {np.unique(k[k < 1])}")
+        if self.n == 0:
+            return np.where(s > 0, 0.0, 1.0)
+        p = np.minimum(1.0, self.n * subspace_pvalue(s, k, self.d))
+        if self.n > 1 and self.samples.shape[0]:
+            m = self.samples.shape[0]
+            for kk in np.unique(k[k < self.d]):
+                at = k == kk
+                exceed = m - np.searchsorted(self.samples[:, kk - 1], s[at], side="left")
+                p[at] = np.minimum((1.0 + exceed) / (m + 1.0), p[at])
+        return np.where(k >= self.d, 1.0, p)
+
+
+_SUBSPACE_NULLS: dict = {}
+_FRAMES: dict = {}
+
+
+FRAME_WIDTH = 16
+"""Frames are drawn this wide (or as wide as the set's span, if wider) and sliced: one QR serves every small set."""
+
+
+def random_frames(m: int, d: int, width: int, seed: int = 0) -> torch.Tensor:
+    """[m, d, width] uniformly random orthonormal frames (QR of Gaussian columns), float32, cached.
+
+    Each Gaussian column is drawn from its own seed, and the first w columns of a QR factor span the first w
+    Gaussian columns: so a narrower frame is the first columns of a wider one, and sets of different sizes see
+    the same random subspaces whatever order they are asked in.
+    """
+    wide = max(width, min(FRAME_WIDTH, d))
+    key = (m, d, wide, seed)
+    if key not in _FRAMES:
+        if sum(t.numel() for t in _FRAMES.values()) > 32 * 2 ** 20:
+            _FRAMES.clear()  # keep the cache under ~128 MB
+        cols = [torch.randn(m, d, generator=torch.Generator().manual_seed(seed * 1_000_003 + 7919 * c + 7))
+                for c in range(wide)]
+        _FRAMES[key] = torch.linalg.qr(torch.stack(cols, dim=2)).Q
+    return _FRAMES[key][..., :width]
+
+
+def subspace_null_for(embeddings: torch.Tensor, draws: int | None = None, seed: int = 0) -> SubspaceNull:
+    """The subspace null of a set (rows normalised here; zero rows ignored), for every dimension k at once.
+
+    A random k-subspace against a fixed set is a fixed one (the first k coordinates) against the set
+    turned by a uniformly random rotation. Only the set's span turns: with E^T = A R (thin QR, A [d, n']),
+    the turned set is F R for a uniformly random orthonormal frame F [d, n'], and its squared projections
+    on the first k coordinates, for every k, are cumulative sums down the rows of F R.
+    Draws: SUBSPACE_DRAWS, fewer where a draw costs more (SUBSPACE_BUDGET); where fewer than
+    SUBSPACE_MIN_DRAWS are affordable (a 1000-step timestep table, a vocabulary), the exact union bound
+    alone is used: never below the truth.
+    """
+    E = unit_rows(embeddings, torch.float64)
+    E = E[E.norm(dim=1) > 0]
+    n, d = E.shape
+    width = min(n, d)
+    affordable = int(SUBSPACE_BUDGET // max(d * width * (n + width), 1))  # the frame (QR) and the turned set
+    if draws is not None and int(draws) < 1:
+        raise SurgeryError(f"draws={draws} must be a positive number of random subspaces")
+    draws = min(SUBSPACE_DRAWS, affordable) if draws is None else int(draws)
+    key = (hashlib.blake2b(E.numpy().tobytes(), digest_size=16).hexdigest(), n, d, draws, seed)
+    if key in _SUBSPACE_NULLS:
+        return _SUBSPACE_NULLS[key]
+    if n <= 1 or draws < SUBSPACE_MIN_DRAWS:
+        null = SubspaceNull(d, n, np.empty((0, d)), seed)
+    else:
+        _, R = torch.linalg.qr(E.T)  # E^T = A R: R [n', n] holds the set in an orthonormal basis of its span
+        # A Monte Carlo sample needs no more than float32 (its resolution is 1 / draws).
+        Y = random_frames(draws, d, width, seed) @ R.float()  # [draws, d, n]: the set turned at random
+        stat = (Y * Y).cumsum(1).amax(2).clamp(max=1.0).sqrt()  # [draws, d]: best label, k = 1..d
+        null = SubspaceNull(d, n, np.sort(stat.double().numpy(), axis=0), seed)
+    if len(_SUBSPACE_NULLS) > 64:
+        _SUBSPACE_NULLS.clear()
+    _SUBSPACE_NULLS[key] = null
+    return null

@@ -5,7 +5,12 @@ both ends. For large sets (a 50k-token vocabulary) the product can be *screened*
 the candidates it proposes are rescored exactly, and a rigorous bound on bf16's error proves
 that no label outside them can belong in the top k; where the proof fails, more candidates
 are taken, and at worst the row is computed exactly. So the results are those of the exact
-computation. The bf16 product is ~3-4x faster on CPUs with bf16 units; with the rescoring the
+computation.
+
+The same pass can score *groups* of consecutive directions (tied singular vectors) as subspaces:
+max_j sum_{i in group} cos_ij^2, from the product already made (exact), or from the bf16 product
+with a bound on its error that proves which labels can be the best (screened; candidates rescored
+exactly). So a group's score costs no second product against the set. The bf16 product is ~3-4x faster on CPUs with bf16 units; with the rescoring the
 search is 1.1-1.7x faster (benchmarks/analysis_cost.py, shared 2-core machine).
 """
 from __future__ import annotations
@@ -29,6 +34,10 @@ class Extremes:
     top_idx: torch.Tensor
     bottom: torch.Tensor
     bottom_idx: torch.Tensor
+    group_sq: torch.Tensor | None = None
+    """Per group asked for: max_j sum_{i in group} cos_ij^2 (the squared norm of the best label's projection)."""
+    group_idx: torch.Tensor | None = None
+    """Per group: the label j reaching it."""
 
     @property
     def max_abs(self) -> torch.Tensor:
@@ -56,20 +65,34 @@ class SearchSet:
         self.E_t = None if screen else embeddings.T.contiguous()
 
     def extremes(self, directions: torch.Tensor, k: int, progress: bool | None = False,
-                 desc: str = "cosines") -> Extremes:
-        """Top-k and bottom-k cosines of each row of `directions` [N, d] (unit rows, the set's dtype)."""
+                 desc: str = "cosines", groups=()) -> Extremes:
+        """Top-k and bottom-k cosines of each row of `directions` [N, d] (unit rows, the set's dtype).
+
+        groups: (first row, size) of runs of rows to score as subspaces as well (`Extremes.group_sq`).
+        """
         n = self.E.shape[0]
         k = min(k, n)
-        chunk = max(1, CHUNK_ELEMENTS // max(n, 1))
-        parts = []
-        starts = range(0, directions.shape[0], chunk)
-        for s in tqdm(starts, desc=desc, unit="chunk", disable=not progress or len(starts) < 4, leave=False):
-            D = directions[s:s + chunk]
-            parts.append(self.screener(D, k) if self.screener else _exact(D, self.E_t, k))
+        groups = sorted((int(f), int(z)) for f, z in groups)
+        parts, gparts = [], []
+        spans = _chunks(directions.shape[0], max(1, CHUNK_ELEMENTS // max(n, 1)), groups)
+        g = 0
+        for s, e in tqdm(spans, desc=desc, unit="chunk", disable=not progress or len(spans) < 4, leave=False):
+            D = directions[s:e]
+            mine = []
+            while g < len(groups) and groups[g][0] < e:
+                mine.append((groups[g][0] - s, groups[g][1]))
+                g += 1
+            out = self.screener(D, k, mine) if self.screener else _exact(D, self.E_t, k, mine)
+            parts.append(out[:4])
+            gparts.append(out[4:])
         if not parts:
             empty = torch.empty(0, k, dtype=self.E.dtype)
             return Extremes(empty, empty.long(), empty, empty.long())
-        return Extremes(*(torch.cat([p[i] for p in parts]) for i in range(4)))
+        ext = Extremes(*(torch.cat([p[i] for p in parts]) for i in range(4)))
+        if groups:
+            ext.group_sq = torch.cat([p[0] for p in gparts if p])
+            ext.group_idx = torch.cat([p[1] for p in gparts if p])
+        return ext
 
 
 def extremes(directions: torch.Tensor, embeddings: torch.Tensor, k: int, screen: bool | str = "auto",
@@ -83,11 +106,49 @@ def extremes(directions: torch.Tensor, embeddings: torch.Tensor, k: int, screen:
     return SearchSet(embeddings, screen).extremes(directions, k, progress, desc)
 
 
-def _exact(D: torch.Tensor, E_t: torch.Tensor, k: int):
+def _chunks(N: int, chunk: int, groups) -> list[tuple[int, int]]:
+    """[start, end) row spans of about `chunk` rows that never split a group."""
+    spans, s, g = [], 0, 0
+    while s < N:
+        e = min(N, s + chunk)
+        while g < len(groups) and groups[g][0] + groups[g][1] <= s:
+            g += 1
+        for f, z in groups[g:]:
+            if f >= e:
+                break
+            if f < e < f + z:  # the end falls inside a group: stop before it, or after it if it starts here
+                e = f if f > s else f + z
+                break
+        spans.append((s, e))
+        s = e
+    return spans
+
+
+def _segments(groups, dtype=torch.long) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of the groups (in order) and the group each belongs to."""
+    first = torch.tensor([f for f, _ in groups])
+    size = torch.tensor([z for _, z in groups])
+    seg = torch.repeat_interleave(torch.arange(len(groups)), size)
+    offset = torch.arange(int(size.sum())) - torch.repeat_interleave(size.cumsum(0) - size, size)
+    return first[seg] + offset, seg
+
+
+def _group_sums(C: torch.Tensor, groups) -> torch.Tensor:
+    """[groups, n]: sum over each group's rows of C^2."""
+    rows, seg = _segments(groups)
+    Cg = C[rows]
+    return torch.zeros(len(groups), C.shape[1], dtype=C.dtype).index_add_(0, seg, Cg * Cg)
+
+
+def _exact(D: torch.Tensor, E_t: torch.Tensor, k: int, groups=()):
     C = D @ E_t
     top = torch.topk(C, k, dim=1)
     bottom = torch.topk(C, k, dim=1, largest=False)
-    return top.values, top.indices, bottom.values, bottom.indices
+    out = [top.values, top.indices, bottom.values, bottom.indices]
+    if groups:
+        v, i = _group_sums(C, groups).max(dim=1)
+        out += [v, i]
+    return out
 
 
 def _split(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,7 +168,7 @@ class _Screener:
         self.e_lo = lo.norm(dim=1).max()
         self.d = E.shape[1]
 
-    def __call__(self, D: torch.Tensor, k: int):
+    def __call__(self, D: torch.Tensor, k: int, groups=()):
         n = self.E.shape[0]
         d_hi, d_lo = _split(D)
         # D.E - D_hi.E_hi = D_hi.E_lo + D_lo.E_hi + D_lo.E_lo: bounded per direction by Cauchy-Schwarz;
@@ -135,7 +196,42 @@ class _Screener:
                 v, i = torch.topk(C, k, dim=1, largest=largest)
                 vals[rows], idx[rows] = v, i
             result += [vals, idx]
+        if groups:
+            result += self._groups(D, Cb, err, groups)
         return result
+
+    def _groups(self, D, Cb, err, groups):
+        """Each group's best label by sum of cos^2: bf16 candidates, exact rescoring, proof that none is missed.
+
+        Per entry |cos - cb| <= eps_i = err_i + u (max_j |cb_ij| + err_i) (the bf16 product rounded once more),
+        so a group's sum of squares is within delta = sum_i (2 max_j |cb_ij| + eps_i) eps_i of its bf16 value:
+        only labels whose bf16 sum is within 2 delta of the best can be the best, and those are rescored exactly.
+        """
+        rows, seg = _segments(groups)
+        cb = Cb[rows].float()  # [rows, n]
+        big = cb.abs().amax(dim=1)
+        eps = err[rows] + _U_BF16 * (big + err[rows]) * 1.01
+        delta = torch.zeros(len(groups)).index_add_(0, seg, (2 * big + eps) * eps)
+        sq = torch.zeros(len(groups), cb.shape[1]).index_add_(0, seg, cb * cb)  # [groups, n]
+        edge = sq.amax(dim=1) - 2 * delta - 1e-6  # 1e-6: the float32 sums of squares themselves
+        n, G = cb.shape[1], len(groups)
+        cand = sq >= edge[:, None]  # [groups, n]: every label that can be a group's best
+        loose = cand.sum(dim=1) > max(64, n // 8)  # the bound is too loose to help: exact rows
+        gi, lj = torch.nonzero(cand & ~loose[:, None], as_tuple=True)  # (group, label) pairs to rescore
+        first = torch.tensor([f for f, _ in groups])
+        size = torch.tensor([z for _, z in groups])
+        reps = size[gi]
+        pair = torch.repeat_interleave(torch.arange(gi.numel()), reps)
+        member = first[gi][pair] + torch.arange(int(reps.sum())) - torch.repeat_interleave(reps.cumsum(0) - reps, reps)
+        cos = (D[member] * self.E[lj[pair]]).sum(dim=1)  # exact, one per (pair, member)
+        pair_sq = torch.zeros(gi.numel(), dtype=D.dtype).index_add_(0, pair, cos * cos)
+        best_v = torch.zeros(G, dtype=D.dtype).scatter_reduce_(0, gi, pair_sq, "amax", include_self=False)
+        at_best = pair_sq == best_v[gi]
+        best_i = torch.full((G,), n, dtype=torch.long).scatter_reduce_(0, gi[at_best], lj[at_best], "amin")
+        for g in torch.nonzero(loose).flatten().tolist():
+            f, z = groups[g]
+            best_v[g], best_i[g] = ((D[f:f + z] @ self.E.T) ** 2).sum(0).max(dim=0)
+        return [best_v, best_i]
 
     def _candidates(self, D, Cb, err, k, kc, largest):
         """Exact values of the kc best bf16 candidates; ok where no outsider can reach the k-th of them."""

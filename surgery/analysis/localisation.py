@@ -3,7 +3,9 @@
 The study picked "manually which weights show the greatest cosine similarity". Here every
 (block, weight, head, side, idx) is ranked by its chance-corrected p-value against the set,
 weights are ranked by how many of their singular vectors beat chance, and each set gets a
-one-line answer: where it is most aligned, and which weight is most selective for it.
+one-line answer: where it is most aligned, and which weight is most selective for it. A vector
+whose singular value is tied with a neighbour's (`surgery.analysis.subspaces`) is marked
+rotation-unstable, with its group's subspace score beside it.
 """
 from __future__ import annotations
 
@@ -91,13 +93,36 @@ def _summary(a: Alignment, ranking: Table, weights: Table) -> Table:
             "threshold": a.threshold(name), "chance_mean": null.mean,
             "block": best["block"], "weight": best["weight"], "head": -1 if best["head"] is None else best["head"],
             "side": best["side"], "idx": best["idx"], "label": best["label"], "cos": best["cos"],
-            "p_adj": best["p_adj"], "z": best["z"],
+            "p_adj": best["p_adj"], "z": best["z"], "identifiable": best["identifiable"], "group": best["group"],
+            "group_size": best["group_size"], "subspace_cos": best["subspace_cos"],
+            "subspace_label": best["subspace_label"], "subspace_p_adj": best["subspace_p_adj"],
             "selective_block": sel["block"], "selective_weight": sel["weight"],
             "selective_head": -1 if sel["head"] is None else sel["head"], "selective_side": sel["side"],
             "selectivity": sel["selectivity"], "selectivity_z": sel["selectivity_z"],
         })
     cols = {k: [r[k] for r in rows] for k in rows[0]} if rows else {}
     return Table(cols, nullable=("head", "selective_head"))
+
+
+def tie_note(row: dict) -> str:
+    """'' for an identifiable vector; else 'rotation-unstable: tied with #2-#3; their span 0.873 'leg' (p_adj 1e-37)'.
+
+    row: a row of `Alignment.vectors` (or of a Location's ranking or summary).
+    """
+    if row["identifiable"]:
+        return ""
+    first, size = row["group"], row["group_size"]
+    members = f"#{first}" if size == 1 else f"#{first}-#{first + size - 1}"
+    if row["subspace_cos"] is None:  # an open group: tied with the complement, or with triples not computed
+        return f"rotation-unstable: tied with {members} and beyond (no determined span)"
+    return (f"rotation-unstable: tied with {members}; their span {row['subspace_cos']:.3f} {row['subspace_label']!r} "
+            f"(p_adj {row['subspace_p_adj']:.2g})")
+
+
+def _vector_row(loc: Location, name: str, block, weight, head, side, idx) -> dict:
+    r = loc.ranking.where(embedding=name, block=block, weight=weight, head=-1 if head is None else head, side=side,
+                          idx=idx)
+    return r.row(0)
 
 
 def where(block: int, weight: str, head, side: str) -> str:
@@ -117,15 +142,20 @@ def describe(loc: Location, name: str, max_weights: int = 4) -> str:
     carriers = loc.carriers(name)
     lines = [head]
     if len(carriers) == 0:
+        note = tie_note(s)
         lines.append(f"  no weight is more aligned than chance; the strongest was "
                      f"{where(s['block'], s['weight'], s['head'], s['side'])} #{s['idx']} "
-                     f"{s['label']!r} cos {s['cos']:+.3f} (p_adj {s['p_adj']:.2g}).")
+                     f"{s['label']!r} cos {s['cos']:+.3f} (p_adj {s['p_adj']:.2g})" + (f" [{note}]." if note else "."))
     else:
-        lines.append(f"  carried by {len(carriers)} weight(s), {s['n_significant']} vector(s) beyond chance:")
+        r = loc.ranking.where(embedding=name)
+        unstable = int(((r["p_adj"] < loc.alpha) & ~r["identifiable"].astype(bool)).sum())
+        lines.append(f"  carried by {len(carriers)} weight(s), {s['n_significant']} vector(s) beyond chance"
+                     f" ({unstable} of them rotation-unstable):")
         for r in carriers.head(max_weights).rows():
+            note = tie_note(_vector_row(loc, name, r["block"], r["weight"], r["head"], r["side"], r["best_idx"]))
             lines.append(f"  - {where(r['block'], r['weight'], r['head'], r['side'])}: {r['n_significant']} of "
                          f"{r['n_vectors']}; best #{r['best_idx']} {r['best_label']!r} cos {r['best_cos']:+.3f} "
-                         f"(p_adj {r['best_p_adj']:.2g}, z {r['best_z']:.1f})")
+                         f"(p_adj {r['best_p_adj']:.2g}, z {r['best_z']:.1f})" + (f" [{note}]" if note else ""))
         if len(carriers) > max_weights:
             lines.append(f"  - ... and {len(carriers) - max_weights} more")
     verb = "writes" if s["selective_side"] == "out" and s["selective_weight"] != "QK" else "reads"

@@ -5,7 +5,13 @@ from dataclasses import dataclass, field
 
 from surgery.names import CORRECTIONS, METHODS, SIDES, WEIGHTS
 
-__all__ = ["AlignmentSettings", "FAMILIES"]
+__all__ = ["AlignmentSettings", "FAMILIES", "NOISE"]
+
+NOISE = {"K": 0.028, "V": 0.029, "OV": 0.076, "QK": 0.058}
+"""Default ||E||_2 / S_0 per weight type for tied singular values (surgery.analysis.subspaces): the largest
+difference measured between two 1000-step continuations of the shipped Hopper's and LunarLander's training that
+differ only in minibatch noise, over every block (scripts/tie_calibration.py; docs/analysis.md, "Tied singular
+values"). A lower bound on what retraining from scratch would change."""
 
 FAMILIES = ("set", "all")
 """set: correct within each embedding set (the question "where is this embedding?"); all: over every set at once."""
@@ -50,3 +56,7 @@ class AlignmentSettings:
     """Correct within each embedding set ("set") or over all sets together ("all")."""
     alpha: float = 0.05
     """Significance level after the correction."""
+    noise: float | None = field(default=None, metadata={"metavar": "X"})
+    """Size ||E||_2 / S_0 of the weight perturbation a singular vector must survive to count as identifiable
+    (surgery.analysis.subspaces). Neighbours of an m x n weight closer than noise / (0.5 (sqrt m + sqrt n)) S_0
+    are tied; 0 ties only equal singular values. Default: measured retraining noise per weight type (NOISE)."""

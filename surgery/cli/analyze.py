@@ -62,6 +62,7 @@ def cmd_analyze(args) -> int:
     if out is not None:  # checked writable before the analysis, not after it
         report = build_report(loc, args.model, model, elapsed, figures=not args.no_figures, progress=progress)
         report.write(out)  # everything was rendered before the first file is written
-        files = [str(out / "report.html"), "report.md", "summary.csv", "weights.csv", "vectors.csv", "alignment.csv"]
+        files = [str(out / "report.html"), "report.md", "summary.csv", "weights.csv", "vectors.csv", "groups.csv",
+                 "alignment.csv"]
     print(summary_text(loc, args.model, elapsed, files))
     return 0

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from surgery.analysis.localisation import Location, describe, where
 from surgery.analysis.report import figures as F
-from surgery.analysis.report.terminal import searched, settings_line
+from surgery.analysis.report.terminal import group_cell, searched, settings_line, ties_line
 from surgery.analysis.tables import Table
 from surgery.errors import SurgeryError
 from surgery.files import jsonable, write_atomic
@@ -31,7 +31,13 @@ HOW_TO_READ = (
     "bound in the far tail). p is that chance; p_adj corrects it for the number of singular vectors searched; z is "
     "(|cos| - mean) / sd of the chance law. Selectivity is how strongly a whole weight reads (writes) the set's "
     "directions compared with an average direction, using every singular value (1 = no preference), with a z-score "
-    "against random rotations."
+    "against random rotations. "
+    "Rotation-unstable: the vector's singular value is so close to a neighbour's that a perturbation of the "
+    "calibrated size (||E||/S_0, Wedin's sin-theta bound) could turn it anywhere within their shared span, so its "
+    "own cosines are not a property of the model; the span (the group, #first-#last) is. A group is scored by the "
+    "norm of the embedding's projection on its span (the best |cos| of any unit vector in it), against the exact "
+    "law of a random subspace of that dimension (Beta(k/2, (d-k)/2) per label, Monte Carlo over the set), "
+    "corrected over the groups searched."
 )
 
 
@@ -132,6 +138,7 @@ def build_report(loc: Location, model_name: str, model=None, elapsed: float | No
     report.files["summary.csv"] = loc.summary.to_csv()
     report.files["weights.csv"] = loc.weights.to_csv()
     report.files["vectors.csv"] = loc.ranking.to_csv()
+    report.files["groups.csv"] = loc.alignment.groups.to_csv()
     report.files["alignment.csv"] = records_subset(loc, leading).to_csv()
     report.files["summary.json"] = json.dumps({"model": model_name, "adapter": repr(loc.alignment.adapter),
                                                "settings": jsonable(loc.alignment.settings),
@@ -145,25 +152,33 @@ def _fmt_p(p) -> str:
 
 def _summary_rows(loc: Location) -> tuple[list[str], list[list[str]]]:
     head = ["embedding", "labels", "vectors searched", "beyond chance", "needs |cos| ≥", "strongest singular vector",
-            "label", "cos", "p_adj", "z", "most selective weight"]
+            "label", "cos", "p_adj", "z", "its group (span)", "most selective weight"]
     rows = []
     for r in loc.summary.rows():
         rows.append([r["embedding"], str(r["n_labels"]), str(r["n_searched"]), str(r["n_significant"]),
                      f"{r['threshold']:.3f}", f"{where(r['block'], r['weight'], r['head'], r['side'])} #{r['idx']}",
-                     F.visible(r["label"]), f"{r['cos']:+.3f}", _fmt_p(r["p_adj"]), f"{r['z']:.1f}",
+                     F.visible(r["label"]), f"{r['cos']:+.3f}", _fmt_p(r["p_adj"]), f"{r['z']:.1f}", group_cell(r),
                      f"{where(r['selective_block'], r['selective_weight'], r['selective_head'], r['selective_side'])}"
                      f" ×{r['selectivity']:.2f} (z {r['selectivity_z']:.1f})"])
     return head, rows
 
 
 def _finding_rows(loc: Location, name: str) -> tuple[list[str], list[list]]:
-    head = ["where", "idx", "σ", "best label", "cos", "p", "p_adj", "z", "most positive", "most negative"]
+    head = ["where", "idx", "σ", "best label", "cos", "p", "p_adj", "z", "gap", "identifiable", "span |proj|",
+            "span label", "span p_adj", "most positive", "most negative"]
     rows = []
     for f in findings(loc, name):
+        ident = "yes" if f["identifiable"] else group_cell(f).split(":")[0]
+        span = f["subspace_cos"]
         rows.append([f["where"], str(f["idx"]), f"{f['singular_value']:.3g}", F.visible(f["label"]), f["cos"],
-                     _fmt_p(f["p"]),
-                     f["p_adj"], f"{f['z']:.1f}", f["top"], f["bottom"]])
+                     _fmt_p(f["p"]), f["p_adj"], f"{f['z']:.1f}", _fmt_gap(f["rel_gap"]), ident,
+                     "-" if span is None else f"{span:.3f}", F.visible(f["subspace_label"] or "-"),
+                     _fmt_p(f["subspace_p_adj"]), f["top"], f["bottom"]])
     return head, rows
+
+
+def _fmt_gap(g) -> str:
+    return "-" if g is None else "∞" if g == float("inf") else f"{g:.3g}"
 
 
 # ---- HTML --------------------------------------------------------------------------------------------
@@ -232,6 +247,7 @@ def _html(loc: Location, model_name: str, figs: dict, elapsed) -> str:
              f"<h1>{html.escape(title)}</h1>",
              f"<p>{html.escape(repr(a.adapter))}</p>",
              f"<p>Searched {html.escape(searched(loc))}. {html.escape(settings_line(loc))}{timing}</p>",
+             f"<p>{html.escape(ties_line(loc))}</p>",
              "<h2>Summary</h2>", _table_html(head, rows),
              "<div class='answer'>" + html.escape(str(loc)) + "</div>",
              f"<p class='muted'>{html.escape(HOW_TO_READ)}</p>",
@@ -243,8 +259,8 @@ def _html(loc: Location, model_name: str, figs: dict, elapsed) -> str:
                   "<h3>Most significant singular vectors</h3>", _table_html(fh, fr, loc.alpha),
                   _figure_html(figs, f"{name}_scatter"), _figure_html(figs, f"{name}_heatmap"),
                   _figure_html(figs, f"{name}_topk")]
-    parts.append("<p class='muted'>Files: summary.csv, weights.csv, vectors.csv, alignment.csv, summary.json, "
-                 "report.md.</p></body></html>")
+    parts.append("<p class='muted'>Files: summary.csv, weights.csv, vectors.csv, groups.csv, alignment.csv, "
+                 "summary.json, report.md.</p></body></html>")
     return "\n".join(p for p in parts if p)
 
 
@@ -279,7 +295,8 @@ def _markdown(loc: Location, model_name: str, figs: dict, elapsed) -> str:
     timing = f" Analysis took {elapsed:.2f} s." if elapsed is not None else ""
     head, rows = _summary_rows(loc)
     parts = [f"# SVD alignment report: {model_name}", f"`{a.adapter!r}`",
-             f"Searched {searched(loc)}. {settings_line(loc)}{timing}", "## Summary", _md_table(head, rows),
+             f"Searched {searched(loc)}. {settings_line(loc)}{timing}", ties_line(loc), "## Summary",
+             _md_table(head, rows),
              "```\n" + str(loc) + "\n```", HOW_TO_READ,
              _md_figure(figs, "overview"), _md_figure(figs, "several_sets"), _md_figure(figs, "spectra")]
     for name in a.settings.embeddings:

@@ -1,6 +1,8 @@
 """The terminal summary of an analysis: what is more than chance, and where."""
 from __future__ import annotations
 
+import math
+
 from surgery.analysis.localisation import Location, describe, side_name, where
 
 
@@ -42,14 +44,30 @@ def settings_line(loc: Location) -> str:
             f"vector); p-values {corr}; alpha {s.alpha:g}.")
 
 
+def ties_line(loc: Location) -> str:
+    """How tied singular values were decided: the relative gap below which neighbours tie, per weight searched."""
+    from surgery.analysis.alignment import shape
+    from surgery.analysis.settings import NOISE
+    from surgery.analysis.subspaces import MAX_SIN, tie_threshold
+
+    a = loc.alignment
+    noise = {w: NOISE[w] if a.settings.noise is None else a.settings.noise for w in a.settings.weights}
+    gaps = ", ".join(f"{w} {tie_threshold(noise[w], shape(a.adapter, w)):.2g}" for w in a.settings.weights)
+    sizes = ", ".join(f"{w} {noise[w]:g}" for w in a.settings.weights)
+    return (f"Ties: neighbours closer than ({gaps}) x S_0 are tied: retraining noise ||E|| = ({sizes}) x S_0\n"
+            f"would typically turn them by more than {math.degrees(math.asin(MAX_SIN)):.0f} degrees (first-order "
+            f"perturbation theory); a tied group is scored as a subspace.")
+
+
 def table(loc: Location) -> str:
     """One line per embedding set."""
-    head = ("embedding", "labels", "beyond chance", "needs |cos|", "strongest singular vector", "label", "cos", "p_adj")
+    head = ("embedding", "labels", "beyond chance", "needs |cos|", "strongest singular vector", "label", "cos", "p_adj",
+            "its group (span)")
     rows = [head]
     for r in loc.summary.rows():
         rows.append((r["embedding"], str(r["n_labels"]), str(r["n_significant"]), f"{r['threshold']:.3f}",
                      f"{where(r['block'], r['weight'], r['head'], r['side'])} #{r['idx']}", _short(r["label"]),
-                     f"{r['cos']:+.3f}", f"{r['p_adj']:.2g}"))
+                     f"{r['cos']:+.3f}", f"{r['p_adj']:.2g}", group_cell(r)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
     right = {1, 2, 3, 6, 7}
     lines = ["  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
@@ -67,7 +85,7 @@ def summary_text(loc: Location, model_name: str, elapsed: float | None = None, f
     out = [f"Alignment of {model_name}{timing}: {a.adapter!r}",
            f"Searched {searched(loc)}: {n} singular vectors per embedding set ({s.dtype}, "
            f"fold_ln {'on' if s.fold_ln else 'off'}); cosines with unit-normalised embeddings.",
-           settings_line(loc), "", table(loc), ""]
+           settings_line(loc), ties_line(loc), "", table(loc), ""]
     hits = [name for name in loc.summary["embedding"] if len(loc.carriers(name))]
     if hits:
         out.append("Beyond chance:")
@@ -81,6 +99,15 @@ def summary_text(loc: Location, model_name: str, elapsed: float | None = None, f
     if files:
         out.append("\nWrote " + ", ".join(files))
     return "\n".join(out)
+
+
+def group_cell(r: dict) -> str:
+    """'identifiable', or 'rotation-unstable #2-#3: 0.873' (the span's best projection)."""
+    if r["identifiable"]:
+        return "identifiable"
+    first, size = r["group"], r["group_size"]
+    span = "" if r["subspace_cos"] is None else f": {r['subspace_cos']:.3f}"
+    return f"rotation-unstable #{first}-#{first + size - 1}{span}" if size > 1 else f"rotation-unstable #{first}{span}"
 
 
 def _short(label: str, width: int = 24) -> str:
