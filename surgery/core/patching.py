@@ -15,9 +15,6 @@ what it was and the Parameter objects are the same.
 from __future__ import annotations
 
 import math
-import signal
-import threading
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import torch
@@ -32,6 +29,8 @@ from surgery.core.decomposition import (
     decompose,
     factors,
 )
+from surgery.core import interrupts
+from surgery.core.interrupts import critical, interruptible
 from surgery.core.state import state
 from surgery.errors import SurgeryError
 from surgery.names import OPS
@@ -67,6 +66,7 @@ class Patch:
     Nested patches must exit last-in-first-out. Exiting one out of order reverts every patch
     applied after it too (so the weights are still restored exactly), then raises RuntimeError.
     One thread at a time may hold patches on a model: another thread's apply waits.
+    A Ctrl-C at any instant of a `with` block leaves the weights bitwise restored (docs/core.md).
     """
 
     def __init__(self, model, edits):
@@ -78,65 +78,95 @@ class Patch:
         self._saved: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._versions: dict[int, tuple[torch.Tensor, int, int]] = {}
         self._svds: dict = {}
+        self._token = None  # what interrupts.uninstall needs when this patch is reverted
         self.active = False
 
     def __repr__(self) -> str:
         state = "applied" if self.active else "not applied"
         return f"Patch({', '.join(map(repr, self.edits))}; {state})"
 
-    def __enter__(self) -> "Patch":
-        return self.apply()
+    # apply and revert are `critical` (surgery/core/interrupts.py): a Ctrl-C landing anywhere in
+    # them, their first instruction included, is held until the line `released = True` and raised
+    # by `interrupts.settle()` right after it. They are `__enter__` and `__exit__` themselves, so no
+    # instruction of a wrapper lies between the `with` statement and them.
 
-    def __exit__(self, *exc) -> None:
-        self.revert()
-
+    @critical
     def apply(self) -> "Patch":
-        """Apply every edit (computed from the weights as they are now); returns self."""
+        """Apply every edit (computed from the weights as they are now); returns self.
+
+        All or nothing: on any exception, a Ctrl-C during it included, the weights are restored
+        and the lock released before it propagates.
+        """
         if self.active:
+            released = True
+            interrupts.settle()
             raise RuntimeError("this patch is already applied; revert it first")
-        state(self.adapter).lock.acquire()
-        saved: list[tuple[torch.Tensor, torch.Tensor]] = []
+        token = interrupts.install()
+        lock = state(self.adapter).lock
+        locked, saved = False, []
         try:
-            # Compute every update before changing anything, so edits of one weight do not see each other.
-            updates = [u for e in self.edits for u in _updates(self.adapter, e)]
-            befores = {id(base_of(t)): (base_of(t), canonical_version(self.adapter, t)) for t, _, _ in updates}
-            # The SVDs of the weights as they are; put back on revert (nested patches evict them).
-            svds = {k: entry for k, entry in state(self.adapter).svd_cache.items() if any(i in befores for i, _ in entry[0])}
-            # A Ctrl-C during the edit is delivered at the end of this block and rolls the edit back below.
-            with _interrupts_deferred(), torch.no_grad():
+            interrupts.acquire(lock)
+            locked = True
+            updates, befores, svds = _prepare(self.adapter, self.edits)
+            with torch.no_grad():
                 for target, left, right in updates:
                     saved.append((target, _save(self.adapter, target)))
                     _add_product(target, left, right)
-                self._saved, self._svds = saved, svds
-                self._versions = {k: (b, v, b._version) for k, (b, v) in befores.items()}
-                state(self.adapter).patch_stack.append(self)
-                self.active = True
+            self._saved, self._svds, self._token = saved, svds, token
+            self._versions = {k: (b, v, b._version) for k, (b, v) in befores.items()}
+            state(self.adapter).patch_stack.append(self)
+            self.active = True
+            released = True  # a Ctrl-C from here on is raised where it lands, and rolled back below
+            interrupts.settle()  # as is one held until now
             return self
         except BaseException:
+            released = False  # held again while rolling back (nothing above is a check point)
             if self.active:
                 state(self.adapter).patch_stack.remove(self)
                 self.active = False
-            with _interrupts_deferred(), torch.no_grad():
+            with torch.no_grad():
                 _restore_saved(self.adapter, saved)
-            self._saved, self._versions, self._svds = [], {}, {}
-            state(self.adapter).lock.release()
+            self._saved, self._versions, self._svds, self._token = [], {}, {}, None
+            if locked:
+                lock.release()
+            interrupts.uninstall(token)
+            released = True
+            interrupts.settle()
             raise
 
-    def revert(self) -> None:
-        """Restore the weights bitwise; reverting a patch that is not applied does nothing."""
-        if not self.active:
-            return
-        stack = state(self.adapter).patch_stack
-        out_of_order = stack[-1] is not self
-        with _interrupts_deferred():  # a Ctrl-C must not stop the unwinding half-way
+    @critical
+    def revert(self, *exc_info) -> None:
+        """Restore the weights bitwise; reverting a patch that is not applied does nothing.
+
+        `exc_info` is ignored: it is there because `revert` is also `__exit__`.
+        """
+        token = interrupts.install()  # (the `with` body may have replaced the handler)
+        unwound = []
+        try:
+            if not self.active:
+                return
+            stack = state(self.adapter).patch_stack
+            out_of_order = stack[-1] is not self
             while True:  # unwind everything applied after this patch, then this patch
                 top = stack.pop()
+                unwound.append(top)
                 top._restore()
                 if top is self:
                     break
-        if out_of_order:
-            raise RuntimeError("patches exited out of order (they must nest last-in-first-out); the weights "
-                               "were restored by also reverting the patches applied after this one")
+            if out_of_order:
+                raise RuntimeError("patches exited out of order (they must nest last-in-first-out); the "
+                                   "weights were restored by also reverting the patches applied after this one")
+        finally:
+            tokens = [token] + [p._token for p in unwound]  # the innermost install first
+            for p in unwound:
+                p._token = None
+            for t in tokens:
+                interrupts.uninstall(t)
+            released = True
+            interrupts.settle()
+
+    __enter__ = apply
+    __exit__ = revert
 
     def _restore(self) -> None:
         try:
@@ -145,7 +175,7 @@ class Patch:
             # patches one weight again and again decomposes it once).
             untouched = [(b, before) for b, before, after_apply in self._versions.values()
                          if canonical_version(self.adapter, b) == after_apply]
-            with _interrupts_deferred(), torch.no_grad():
+            with torch.no_grad():
                 _restore_saved(self.adapter, self._saved)
             for base, before in untouched:
                 state(self.adapter).version_aliases[(id(base), base._version)] = before
@@ -153,6 +183,22 @@ class Patch:
         finally:
             self._saved, self._versions, self._svds, self.active = [], {}, {}, False
             state(self.adapter).lock.release()
+
+
+@interruptible
+def _prepare(adapter: Adapter, edits) -> tuple[list, dict, dict]:
+    """Everything apply needs, computed before anything changes (an interrupt here is raised at once).
+
+    The updates of every edit come from the weights as they are now, so edits of one weight do not
+    see each other; the versions of the tensors they change; and the cached SVDs of those weights,
+    put back on revert (nested patches evict them).
+    """
+    updates = [u for e in edits for u in _updates(adapter, e)]
+    befores = {id(base_of(t)): (base_of(t), canonical_version(adapter, t)) for t, _, _ in updates}
+    # (a set, not any(generator): a generator dropped half-way is finalised, and a Ctrl-C landing in its
+    # finaliser would be printed as "Exception ignored" and lost)
+    svds = {k: entry for k, entry in state(adapter).svd_cache.items() if {i for i, _ in entry[0]} & befores.keys()}
+    return updates, befores, svds
 
 
 def as_edit(spec) -> Edit:
@@ -302,25 +348,3 @@ def _add_product(target: torch.Tensor, left: torch.Tensor, right: torch.Tensor) 
             target.addmm_(left.to(target), right.to(target))
     else:  # bf16/fp16: form the sum in float32 so the update is not rounded to 8 bits before adding
         target.copy_(torch.addmm(target.float(), left.float().to(target.device), right.float().to(target.device)))
-
-
-_deferring = threading.local()
-
-
-@contextmanager
-def _interrupts_deferred():
-    """Hold Ctrl-C until a weight edit or restore is complete, then deliver it."""
-    # Only the main thread receives signals; an enclosing deferral already holds them.
-    if threading.current_thread() is not threading.main_thread() or getattr(_deferring, "on", False):
-        yield
-        return
-    pending = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(frame))
-    _deferring.on = True
-    try:
-        yield
-    finally:
-        _deferring.on = False
-        signal.signal(signal.SIGINT, previous)
-        if pending and callable(previous):
-            previous(signal.SIGINT, pending[0])
