@@ -352,3 +352,41 @@ def test_stop_after_stops_even_when_the_stage_was_done(tmp_path):
     assert build("lunarlander", opts, log=lambda _: None) == tmp_path / "lunarlander" / "data"
     assert build("lunarlander", opts, log=lambda _: None) == tmp_path / "lunarlander" / "data"
     assert not (tmp_path / "lunarlander" / "train").exists()
+
+
+def test_a_refused_build_changes_nothing(tmp_path, monkeypatch):
+    """A later stage built with other options is refused before an earlier, unfinished stage runs."""
+    from surgery.zoo import build as zoo_build
+
+    ran = []
+    for stage in zoo_build.STAGES:
+        monkeypatch.setattr(zoo_build, f"stage_{stage}", lambda s, root, opts, stage=stage: ran.append(stage))
+    root = tmp_path / "lunarlander"
+    root.mkdir()
+    (root / ".data.done").write_text(json.dumps({"seed": 0, "expert_iters": None, "expert_minutes": None,
+                                                 "episodes": 7}) + "\n")  # no .expert.done: expert would rerun
+    before = {p.name: p.read_bytes() for p in root.iterdir()}
+    with pytest.raises(ValueError, match=r"holds a data stage built with .*'episodes': 7"):
+        zoo_build.build("lunarlander", zoo_build.BuildOptions(out=tmp_path, episodes=3, progress=False),
+                        log=lambda _: None)
+    assert ran == [] and {p.name: p.read_bytes() for p in root.iterdir()} == before
+
+
+def test_a_stage_that_reruns_invalidates_the_later_ones(tmp_path, monkeypatch):
+    from surgery.zoo import build as zoo_build
+
+    ran = []
+
+    def stub(s, root, opts, stage):
+        root.mkdir(parents=True, exist_ok=True)
+        ran.append(stage)
+
+    for stage in zoo_build.STAGES:
+        monkeypatch.setattr(zoo_build, f"stage_{stage}", lambda s, root, opts, stage=stage: stub(s, root, opts, stage))
+    opts = zoo_build.BuildOptions(out=tmp_path, episodes=3, progress=False)
+    zoo_build.build("lunarlander", opts, log=lambda _: None)
+    assert ran == list(zoo_build.STAGES)
+    (tmp_path / "lunarlander" / ".expert.done").unlink()  # the user asks for the expert to be rebuilt
+    ran.clear()
+    zoo_build.build("lunarlander", opts, log=lambda _: None)
+    assert ran == list(zoo_build.STAGES)  # not expert alone, with data trained on the old expert

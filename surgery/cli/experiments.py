@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import re
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from surgery.cli.args import add_rollout_arguments, load_dt, non_negative_int, positive_int
@@ -98,10 +100,12 @@ def run_edit_eval(args) -> int:
     edit = validate_edit(model, Edit(block=args.block, weight=args.weight, idx=args.idx, head=args.head, op=args.op,
                                      value=value, side=args.side))
     out = args.out or Path("runs") / "edit-eval" / f"{_name(args.model)}-{edit_specs.slug(edit)}"
-    result = edit_eval(model, edit, episodes=args.episodes, seed=args.seed, target_return=args.target_return,
-                       out=out, dtype=torch.bfloat16 if args.bf16 else torch.float32, max_steps=args.max_steps,
-                       progress=not args.quiet, video=args.video, source=args.model)
+    with _one_run(out, args.episodes) as reused:
+        result = edit_eval(model, edit, episodes=args.episodes, seed=args.seed, target_return=args.target_return,
+                           out=out, dtype=torch.bfloat16 if args.bf16 else torch.float32, max_steps=args.max_steps,
+                           progress=not args.quiet, video=args.video, source=args.model)
     print(_json(result.to_dict()) if args.json else result.text())
+    _note(reused)
     return 0
 
 
@@ -115,13 +119,36 @@ def run_validate(args) -> int:
     model = load_dt(args)
     only = f"-{'-'.join(args.weights)}" if args.weights else ""
     out = args.out or Path("runs") / "validate" / f"{_name(args.model)}-{args.embedding}{only}-{args.op}"
-    result = validate(model, args.embedding, top=args.top, controls=args.controls, weights=args.weights,
-                      op=args.op, value=args.value,
-                      episodes=args.episodes, seed=args.seed, target_return=args.target_return, out=out,
-                      dtype=torch.bfloat16 if args.bf16 else torch.float32, max_steps=args.max_steps,
-                      alpha=args.alpha, correction=args.correction, progress=not args.quiet, source=args.model)
+    with _one_run(out, args.episodes) as reused:
+        result = validate(model, args.embedding, top=args.top, controls=args.controls, weights=args.weights,
+                          op=args.op, value=args.value,
+                          episodes=args.episodes, seed=args.seed, target_return=args.target_return, out=out,
+                          dtype=torch.bfloat16 if args.bf16 else torch.float32, max_steps=args.max_steps,
+                          alpha=args.alpha, correction=args.correction, progress=not args.quiet, source=args.model)
     print(_json(result.to_dict()) if args.json else result.text())
+    _note(reused)
     return 0
+
+
+@contextmanager
+def _one_run(out: Path, episodes: int):
+    """Hold `out` for this run (a second run on it is refused at once, naming this one); yield the
+    note on episodes reused from an earlier run; on Ctrl-C, say what was saved and where."""
+    from surgery import runlock
+    from surgery.behaviour.results_store import saved
+    from surgery.cli.args import reused_note, saved_note
+
+    with runlock.hold(out):
+        note = reused_note(saved(out, below=episodes), out)
+        try:
+            yield note
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(saved_note(out)) from None
+
+
+def _note(text: str) -> None:
+    if text:
+        print(text, file=sys.stderr)
 
 
 def _json(d: dict) -> str:
