@@ -127,11 +127,38 @@ def default_dtype(device: torch.device) -> torch.dtype:
 
 def decompose(model, block: int, weight: str, head: int | None = None, fold_ln: bool = False,
               dtype: torch.dtype | None = None, method: str = "exact", k: int | None = None) -> SVD:
-    """SVD of one weight; for OV/QK with head=None, every head's, stacked `[n_heads, ...]`.
+    """SVD of one weight, `W = U @ diag(S) @ V.T`, in the row-vector convention `y = x @ W`.
 
-    Computed in `dtype` (float32 or float64; default float64 on CPU) whatever the weight's dtype,
-    cached until the weight (or, with fold_ln, the LayerNorm gain) changes. `k` keeps the top k
-    triples; `method="gram"|"randomized"|"auto"` computes only those (see surgery.core.lowrank).
+    model: a loaded model or a raw Hugging Face / TransformerLens model.
+    block: transformer block, 0..n_blocks-1.
+    weight: "K" (MLP in, `[d_model, d_mlp]`), "V" (MLP out, `[d_mlp, d_model]`), "OV" (`W_V @ W_O`)
+        or "QK" (`W_Q @ W_K.T`), the last two per head and decomposed through their factors.
+    head: for OV and QK, one head; None gives every head's, stacked `[n_heads, ...]`.
+    fold_ln: multiply the read side by the preceding LayerNorm's gain (what the normalised
+        residual stream sees); False decomposes the weight as stored, the one a patch edits.
+    dtype: torch.float32 or torch.float64 (default float64 on the CPU, float32 on accelerators),
+        whatever the weight's own dtype.
+    method: "exact" (LAPACK, default), or "gram", "randomized", "auto" for large weights
+        (surgery.core.lowrank; randomized and auto need k).
+    k: keep only the top k triples.
+
+    Returns an `SVD` that unpacks as `U, S, V`: U `[d_in, r]` the read side, V `[d_out, r]` the
+    write side, S descending, `U[:, i] @ W == S[i] * V[:, i]`, signs fixed by a documented rule
+    (docs/core.md). Cached until the weight (or, folded, the gain) changes, so analysis inside a
+    patch sees the patched weight.
+
+    Examples:
+
+    >>> U, S, V = decompose(model, block=1, weight="K")
+    >>> U.shape, S.shape, V.shape
+    (torch.Size([128, 128]), torch.Size([128]), torch.Size([512, 128]))
+    >>> W = model.mlp_in(1).detach().double()
+    >>> torch.allclose(U[:, 0] @ W, S[0] * V[:, 0])
+    True
+    >>> decompose(model, block=0, weight="OV").U.shape      # every head: [n_heads, d_model, d_head]
+    torch.Size([1, 128, 128])
+    >>> decompose(model, block=0, weight="QK", head=0, k=4).S.shape
+    torch.Size([4])
     """
     adapter = wrap(model)
     check_location(adapter, block, weight, head)

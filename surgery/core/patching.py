@@ -38,7 +38,31 @@ from surgery.names import OPS
 
 @dataclass(frozen=True)
 class Edit:
-    """One edit of one weight's singular triples."""
+    """One edit of one weight's singular triples: the spec `patch` and `Patch` apply.
+
+    block: transformer block, 0..n_blocks-1.
+    weight: "K" (MLP in, `[d_model, d_mlp]`), "V" (MLP out, `[d_mlp, d_model]`), or per head
+        "OV" (`W_V @ W_O`) and "QK" (`W_Q @ W_K.T`), each `[d_model, d_model]` of rank d_head.
+    idx: the singular triple, 0 = largest singular value (ignored by op="keep_top").
+    head: the attention head, 0..n_heads-1; required for OV and QK, refused for K and V.
+    op: what happens to triple `idx`:
+        "constant" (the study's edit) the vector on `side` becomes `value * ones` (not unit norm);
+        "zero" the triple is removed; "scale" its singular value is multiplied by `value`;
+        "replace" the vector on `side` becomes `value` (a vector of that side's length);
+        "keep_top" only triples 0..value-1 are kept.
+    value: the op's number or vector: constant's scalar (default 1/d_model, the study's 1/128),
+        scale's factor, replace's vector, keep_top's k; none for zero.
+    side: "in" (read side, the columns of U) or "out" (write side, the columns of V); default the
+        residual-facing side: K in, V out, OV out, QK in.
+
+    Example (an edit as data: several at once, stored, or validated before a long run):
+
+    >>> edits = [Edit(block=1, weight="K", idx=0), Edit(block=0, weight="OV", head=0, idx=2, op="zero")]
+    >>> with patch(model, edits):
+    ...     pass
+    >>> validate_edit(model, Edit(block=1, weight="K")).value   # defaults filled in: 1/d_model
+    0.0078125
+    """
 
     block: int
     weight: str
@@ -52,7 +76,36 @@ class Edit:
 
 def patch(model, block=None, weight=None, idx: int = 0, head: int | None = None, op: str = "constant",
           value=None, side: str | None = None) -> "Patch":
-    """A reversible edit as a context manager; `block` may instead be a list of Edit or dict specs."""
+    """A reversible edit of singular triples, as a context manager: the weights are edited on entry
+    and restored bitwise on exit, whatever ends the block (an exception, Ctrl-C at any instant).
+
+    model: a loaded model (`surgery.load(...)`) or a raw Hugging Face / TransformerLens model.
+    block, weight, idx, head, op, value, side: one edit, as the fields of `Edit` (see
+        `help(surgery.Edit)`): block number; "K", "V", "OV" or "QK"; the triple (0 = largest);
+        the head (OV and QK); "constant" (default, the study's edit), "zero", "scale", "replace"
+        or "keep_top"; the op's value; "in" or "out" (default: the residual-facing side).
+        `block` may instead be a list of `Edit`s or dicts with those fields: applied together,
+        each computed from the unedited weights.
+
+    Everything is checked before any weight changes (a SurgeryError names what is valid). Patches
+    nest last-in-first-out; the edit is a rank-1 update of one weight (a factor of OV/QK), and the
+    restore copies the saved slice back (docs/core.md). Returns a `Patch` (also usable as
+    `p.apply()` ... `p.revert()`).
+
+    Examples:
+
+    >>> W = model.model.encoder.h[1].mlp.c_fc.weight
+    >>> before = W.detach().clone()
+    >>> with patch(model, block=1, weight="K", idx=0):      # the study's edit: u_0 := (1/128) * ones
+    ...     torch.equal(W, before)
+    False
+    >>> torch.equal(W, before)                               # restored bitwise
+    True
+    >>> with patch(model, block=0, weight="OV", head=0, idx=3, op="scale", value=0.5):
+    ...     pass
+    >>> with patch(model, [dict(block=1, weight="K", idx=0, op="zero"), dict(block=2, weight="V", idx=1)]):
+    ...     pass
+    """
     if isinstance(block, (list, tuple)):
         if weight is not None:
             raise SurgeryError("give either a list of edits or one edit's block/weight/..., not both")
@@ -63,10 +116,26 @@ def patch(model, block=None, weight=None, idx: int = 0, head: int | None = None,
 class Patch:
     """Edits applied together: `with Patch(...)`, or `p.apply()` ... `p.revert()` in a notebook.
 
+    model: a loaded model or a raw Hugging Face / TransformerLens model.
+    edits: `Edit`s, or dicts with Edit's fields (block, weight, idx, head, op, value, side); each
+        is checked (SurgeryError naming what is valid) before anything changes, and two edits of
+        the same triple are refused. Every update is computed from the weights as they are at
+        `apply`, not from each other's results.
+
     Nested patches must exit last-in-first-out. Exiting one out of order reverts every patch
     applied after it too (so the weights are still restored exactly), then raises RuntimeError.
     One thread at a time may hold patches on a model: another thread's apply waits.
     A Ctrl-C at any instant of a `with` block leaves the weights bitwise restored (docs/core.md).
+    `p.active` says whether it is applied; a reverted patch can be applied again.
+
+    Example (a notebook, where one `with` cannot span cells):
+
+    >>> p = Patch(model, [Edit(block=1, weight="K", idx=0)]).apply()
+    >>> p.active
+    True
+    >>> p.revert()
+    >>> p.active
+    False
     """
 
     def __init__(self, model, edits):
