@@ -6,8 +6,9 @@ directory is refused at once with a SurgeryError naming that holder, instead of 
 interleaving their writes or one dying half-way. The kernel drops a flock when its holder dies,
 however it dies, so a lock left by a killed run never blocks the next one (no pid files to go
 stale). Holding is re-entrant within a process (a command that locks its output directory can
-call a library function that locks the same one). The file is removed when the last hold ends;
-the inode check in `_open_locked` makes that safe against a run that opened it just before.
+call a library function that locks the same one). The file is removed when the last hold ends,
+and so are the directories the lock created if nothing was written in them; the inode check in
+`_open_locked` makes removing the file safe against a run that opened it just before.
 """
 from __future__ import annotations
 
@@ -83,14 +84,19 @@ def acquire(directory: str | Path) -> str | None:
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise SurgeryError(f"{directory} exists and is not a directory; give an output directory")
+    created = [p for p in [directory, *directory.parents] if not p.exists()]  # innermost first
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / LOCK_NAME
     key = os.path.realpath(path)
     with _registry:
         entry = _held.get(key)
         if entry is None:
-            fd = _open_locked(path)
-            entry = _held[key] = [fd, 0]
+            try:
+                fd = _open_locked(path)
+            except BaseException:
+                _remove_empty(created)
+                raise
+            entry = _held[key] = [fd, 0, created]
             if fd is not None:
                 info = {"pid": os.getpid(), "host": socket.gethostname(),
                         "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv)}
@@ -116,6 +122,16 @@ def release(token: str | None) -> None:
             except FileNotFoundError:
                 pass
             os.close(entry[0])
+        _remove_empty(entry[2])  # a run that wrote nothing (refused, failed early) leaves no directory
+
+
+def _remove_empty(directories) -> None:
+    """Remove the directories this lock created, innermost first, if nothing was put in them."""
+    for d in directories:
+        try:
+            d.rmdir()
+        except OSError:  # not empty (the run wrote results), or already gone
+            return
 
 
 @contextmanager

@@ -56,7 +56,7 @@ def test_holding_is_reentrant_within_a_process_and_the_file_goes_with_the_last_h
         with runlock.hold(out):
             assert (out / runlock.LOCK_NAME).exists()
         assert runlock.holder(out)["pid"] == os.getpid()
-    assert out.is_dir() and list(out.iterdir()) == []
+    assert not out.exists()  # it created the directory and nothing was written in it
 
 
 def test_a_file_is_not_an_output_directory(tmp_path):
@@ -64,3 +64,13 @@ def test_a_file_is_not_an_output_directory(tmp_path):
     with pytest.raises(SurgeryError, match="exists and is not a directory"):
         runlock.acquire(tmp_path / "f")
     assert (tmp_path / "f").read_text() == "x"
+
+
+def test_a_run_that_writes_nothing_leaves_no_directory(tmp_path):
+    out = tmp_path / "runs" / "x"
+    with runlock.hold(out):
+        assert out.is_dir()
+    assert not (tmp_path / "runs").exists()  # both levels it created are gone again
+    with runlock.hold(out):
+        (out / "result.txt").write_text("kept")
+    assert (out / "result.txt").read_text() == "kept" and not (out / runlock.LOCK_NAME).exists()

@@ -52,6 +52,15 @@ def load_dt(args):
     return model
 
 
+def output_lock(out):
+    """Hold `out` for this run (surgery.runlock), or do nothing when no --out was given."""
+    from contextlib import nullcontext
+
+    from surgery import runlock
+
+    return nullcontext() if out is None else runlock.hold(out)
+
+
 def saved_note(out) -> str:
     """What an interrupted run leaves in `out`: the episodes stored in each results file, and how to go on."""
     from pathlib import Path

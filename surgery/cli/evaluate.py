@@ -5,7 +5,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from surgery.cli.args import add_rollout_arguments, load_dt, saved_note
+from surgery.cli.args import add_rollout_arguments, load_dt, output_lock, saved_note
 
 
 def register(subparsers) -> None:
@@ -25,16 +25,17 @@ def run(args) -> int:
     from surgery.behaviour.evaluation import evaluate
     from surgery.behaviour.results_store import RESULTS_FILE, saved
 
-    model = load_dt(args)
-    before = saved(args.out, below=args.episodes) if args.out else 0
-    try:
-        result = evaluate(model, episodes=args.episodes, seed=args.seed, target_return=args.target_return,
-                          dtype=torch.bfloat16 if args.bf16 else torch.float32, progress=not args.quiet,
-                          max_steps=args.max_steps, out=args.out)
-    except KeyboardInterrupt:
-        if args.out:
-            raise KeyboardInterrupt(saved_note(args.out)) from None
-        raise
+    with output_lock(args.out):  # a second run on the same --out is refused before the model is loaded
+        model = load_dt(args)
+        before = saved(args.out, below=args.episodes) if args.out else 0
+        try:
+            result = evaluate(model, episodes=args.episodes, seed=args.seed, target_return=args.target_return,
+                              dtype=torch.bfloat16 if args.bf16 else torch.float32, progress=not args.quiet,
+                              max_steps=args.max_steps, out=args.out)
+        except KeyboardInterrupt:
+            if args.out:
+                raise KeyboardInterrupt(saved_note(args.out)) from None
+            raise
     if args.json:
         print(json.dumps({"summary": result.summary(), "records": [asdict(r) for r in result.records]},
                          default=_jsonable, indent=2))

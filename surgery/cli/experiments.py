@@ -7,7 +7,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from surgery.cli.args import add_rollout_arguments, load_dt, non_negative_int, positive_int
+from surgery.cli.args import add_rollout_arguments, load_dt, non_negative_int, output_lock, positive_int
 from surgery.errors import SurgeryError
 from surgery.names import REMOVAL_OPS, SCALAR_OPS, SIDES, WEIGHTS
 
@@ -81,6 +81,11 @@ def _name(model: str) -> str:
 
 
 def run_edit_eval(args) -> int:
+    with output_lock(args.out):  # refused before the model is loaded when --out is given (else in _one_run)
+        return _edit_eval(args)
+
+
+def _edit_eval(args) -> int:
     import torch
 
     from surgery.core.patching import Edit, validate_edit
@@ -110,6 +115,11 @@ def run_edit_eval(args) -> int:
 
 
 def run_validate(args) -> int:
+    with output_lock(args.out):
+        return _validate(args)
+
+
+def _validate(args) -> int:
     import torch
 
     from surgery.experiments.validate import validate
