@@ -20,22 +20,26 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    with output_lock(args.out):  # a second run on the same --out is refused before anything is loaded
+        return _run(args)
+
+
+def _run(args) -> int:
     import torch
 
     from surgery.behaviour.evaluation import evaluate
     from surgery.behaviour.results_store import RESULTS_FILE, saved
 
-    with output_lock(args.out):  # a second run on the same --out is refused before the model is loaded
-        model = load_dt(args)
-        before = saved(args.out, below=args.episodes) if args.out else 0
-        try:
-            result = evaluate(model, episodes=args.episodes, seed=args.seed, target_return=args.target_return,
-                              dtype=torch.bfloat16 if args.bf16 else torch.float32, progress=not args.quiet,
-                              max_steps=args.max_steps, out=args.out)
-        except KeyboardInterrupt:
-            if args.out:
-                raise KeyboardInterrupt(saved_note(args.out)) from None
-            raise
+    model = load_dt(args)
+    before = saved(args.out, below=args.episodes) if args.out else 0
+    try:
+        result = evaluate(model, episodes=args.episodes, seed=args.seed, target_return=args.target_return,
+                          dtype=torch.bfloat16 if args.bf16 else torch.float32, progress=not args.quiet,
+                          max_steps=args.max_steps, out=args.out)
+    except KeyboardInterrupt:
+        if args.out:
+            raise KeyboardInterrupt(saved_note(args.out)) from None
+        raise
     if args.json:
         print(json.dumps({"summary": result.summary(), "records": [asdict(r) for r in result.records]},
                          default=_jsonable, indent=2))
