@@ -33,7 +33,7 @@ __all__ = ["hold", "acquire", "release", "holder", "LOCK_NAME"]
 
 LOCK_NAME = ".surgery.lock"
 
-_held: dict[str, list] = {}  # real path of the lock file -> [fd, count], for this process
+_held: dict[str, list] = {}  # real path of the lock file -> [fd, holds, directories it created], this process
 _registry = threading.Lock()
 
 
@@ -79,13 +79,13 @@ def _open_locked(path: Path) -> int | None:
 
 def acquire(directory: str | Path) -> str | None:
     """Take the lock of `directory` (created if missing); returns the token `release` needs."""
-    if fcntl is None:
-        return None
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise SurgeryError(f"{directory} exists and is not a directory; give an output directory")
     created = [p for p in [directory, *directory.parents] if not p.exists()]  # innermost first
     directory.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        return None
     path = directory / LOCK_NAME
     key = os.path.realpath(path)
     with _registry:
