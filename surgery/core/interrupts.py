@@ -20,7 +20,9 @@ which may run an SVD for minutes) an interrupt is raised at once and the critica
 CPython calls `__exit__` exactly when `__enter__` returned: the `with` block's exception table
 starts at the instruction after the one that calls `__enter__`. With `__enter__` being `apply`
 itself there is no check point between apply's last line and that table (checked on 3.11 with
-`dis` and by the stress test). Only the main thread receives signals; elsewhere all of this does
+`dis` and tests/test_patch_interrupts.py; on 3.10, 3.11, 3.12 and 3.13 with
+scripts/interrupt_semantics.py: 0 failures in 3000 SIGINTs each, against 0.5% with `__exit__`
+as a wrapper around revert). Only the main thread receives signals; elsewhere all of this does
 nothing.
 """
 from __future__ import annotations
