@@ -128,6 +128,9 @@ def _inspect(model, states: dict, handler, problems: list[str]) -> list[str]:
     if signal.getsignal(signal.SIGINT) is not handler:
         problems.append("handler")
         signal.signal(signal.SIGINT, handler)
+    if not torch.is_grad_enabled():  # a torch.no_grad() block left without its __exit__
+        problems.append("grad")
+        torch.set_grad_enabled(True)
     if not _matches(model, states[()]):
         model.load_state_dict(states[()])
     return problems

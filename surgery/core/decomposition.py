@@ -199,27 +199,29 @@ def _top(svd: SVD, k: int) -> SVD:
 
 def _compute(adapter: Adapter, block: int, weight: str, fold_ln: bool, dtype: torch.dtype,
              method: str = "exact", k: int | None = None) -> SVD:
-    with torch.no_grad():
-        mats = [f.detach().to(dtype) for f in factors(adapter, block, weight)]
-        ln = adapter.ln_before(block, weight) if fold_ln else None
-        if ln is not None and ln.weight is not None:
-            gain = ln.weight.detach().to(dtype)
-            mats[0] = gain.unsqueeze(-1) * mats[0]  # diag(gamma) @ (read side)
-            if weight == "QK":
-                mats[1] = mats[1] * gain  # the key side reads the same normalised stream: W_K.T @ diag(gamma)
-        res = None
-        if method == "exact" and len(mats) == 1:
-            with busy(f"SVD of block {block} {weight} {list(mats[0].shape)} ({str(dtype).replace('torch.', '')})",
-                      enabled=_slow(mats[0])):
-                U, S, V = dense_svd(mats[0])
-        elif method == "exact":
-            U, S, V = factored_svd(*mats)
-        elif method == "auto":
-            U, S, V, method, res = lowrank.auto_svd(mats, k)  # records the route it took
-        else:
-            U, S, V = lowrank.top_svd(mats, adapter.rank(weight) if k is None else k, method)
-            res = lowrank.residual(mats, U, S, V)
-        U, V = fix_signs(U, V, DEFAULT_SIDE[weight])
+    # No torch.no_grad() here: the factors are detached, so nothing records a graph anyway, and a
+    # Ctrl-C landing on the first instruction of no_grad's __exit__ would leave gradients off for the
+    # rest of the session (it did, in 1.3% of the interrupts tests/test_patch_interrupts.py sends).
+    mats = [f.detach().to(dtype) for f in factors(adapter, block, weight)]
+    ln = adapter.ln_before(block, weight) if fold_ln else None
+    if ln is not None and ln.weight is not None:
+        gain = ln.weight.detach().to(dtype)
+        mats[0] = gain.unsqueeze(-1) * mats[0]  # diag(gamma) @ (read side)
+        if weight == "QK":
+            mats[1] = mats[1] * gain  # the key side reads the same normalised stream: W_K.T @ diag(gamma)
+    res = None
+    if method == "exact" and len(mats) == 1:
+        with busy(f"SVD of block {block} {weight} {list(mats[0].shape)} ({str(dtype).replace('torch.', '')})",
+                  enabled=_slow(mats[0])):
+            U, S, V = dense_svd(mats[0])
+    elif method == "exact":
+        U, S, V = factored_svd(*mats)
+    elif method == "auto":
+        U, S, V, method, res = lowrank.auto_svd(mats, k)  # records the route it took
+    else:
+        U, S, V = lowrank.top_svd(mats, adapter.rank(weight) if k is None else k, method)
+        res = lowrank.residual(mats, U, S, V)
+    U, V = fix_signs(U, V, DEFAULT_SIDE[weight])
     return SVD(U, S, V, block, weight, None, fold_ln, method, res)
 
 

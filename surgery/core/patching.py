@@ -172,7 +172,7 @@ class Patch:
             raise RuntimeError("this patch is already applied; revert it first")
         token = interrupts.install()
         lock = state(self.adapter).lock
-        locked, saved = False, []
+        locked, saved, befores = False, [], {}
         try:
             interrupts.acquire(lock)
             locked = True
@@ -195,6 +195,8 @@ class Patch:
                 self.active = False
             with torch.no_grad():
                 _restore_saved(self.adapter, saved)
+            for base, before in befores.values():  # bitwise as before: their cached SVDs stay valid
+                state(self.adapter).version_aliases[(id(base), base._version)] = before
             self._saved, self._versions, self._svds, self._token = [], {}, {}, None
             if locked:
                 lock.release()
