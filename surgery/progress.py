@@ -3,14 +3,19 @@
     with progress(total=steps, desc="atlas", unit="step") as bar:
         bar.update(n)
 
+    with busy("SVD of block 3 K [4096, 16384]"):   # one long call that reports nothing itself
+        torch.linalg.svd(W)
+
 A bar that nobody sees still costs nothing: `enabled=False` (a `--quiet` flag) makes every call a no-op.
 """
 from __future__ import annotations
 
 import sys
+import threading
 import time
+from contextlib import contextmanager
 
-__all__ = ["progress"]
+__all__ = ["progress", "busy"]
 
 
 class _Lines:
@@ -91,3 +96,44 @@ def progress(total: int | None = None, desc: str = "", unit: str = "it", enabled
 
         return tqdm(total=total, desc=desc, unit=unit, file=stream, dynamic_ncols=True)
     return _Lines(total, desc, unit, every, stream)
+
+
+@contextmanager
+def busy(desc: str, enabled: bool = True, every: float = 30.0, stream=None):
+    """Show that one long call is running: a ticking clock on a terminal (refreshed each second), else
+    a line when it starts, one every `every` seconds, and one when it ends with the time it took.
+
+    For work that cannot report its own progress, such as a single LAPACK SVD (which releases the
+    GIL, so the clock keeps ticking).
+    """
+    stream = sys.stderr if stream is None else stream
+    if not enabled:
+        yield
+        return
+    start, stop = time.monotonic(), threading.Event()
+    if getattr(stream, "isatty", lambda: False)():
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=None, desc=desc, file=stream, bar_format="{desc}: {elapsed}", dynamic_ncols=True)
+        tick, period = bar.refresh, 1.0
+    else:
+        def tick():
+            print(f"{desc}: running for {time.monotonic() - start:.0f} s", file=stream, flush=True)
+
+        print(f"{desc}: started", file=stream, flush=True)
+        bar, period = None, every
+    def clock():
+        while not stop.wait(period):
+            tick()
+
+    thread = threading.Thread(target=clock, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        if bar is not None:
+            bar.close()
+        else:
+            print(f"{desc}: done in {time.monotonic() - start:.1f} s", file=stream, flush=True)

@@ -193,3 +193,28 @@ def test_a_dtype_change_is_not_served_a_stale_decomposition():
     state(model).svd_cache.clear()
     fresh = surgery.decompose(model, 0, "K").S
     assert torch.equal(after, fresh) and not torch.equal(before, fresh)
+
+
+
+def test_a_stamp_keeps_its_address_from_being_reused():
+    """`.data =` (what model.to does) keeps identity and version counter, and frees the old data."""
+    from surgery.core.decomposition import ContentStamp
+
+    for _ in range(10):  # unheld, the freed address came back among 5 new tensors in 5-8 of 10 trials
+        t = torch.randn(65536)
+        first = ContentStamp(t)
+        t.data = t.data.to(torch.float8_e5m2).to(torch.float32)
+        same_size = [torch.empty(65536) for _ in range(5)]
+        assert ContentStamp(t) != first and ContentStamp(t) == ContentStamp(t)
+        assert all(x.data_ptr() != first.key[2] for x in same_size)  # key: (id, version, address, dtype, device)
+
+
+def test_a_dtype_round_trip_is_not_served_a_stale_decomposition():
+    """float32 -> float8 -> float32: same dtype, identity and version counter, new contents."""
+    model = build("gpt2")
+    before = surgery.decompose(model, 0, "K").S.clone()
+    model.to(torch.float8_e5m2).to(torch.float32)
+    after = surgery.decompose(model, 0, "K").S
+    state(model).svd_cache.clear()
+    fresh = surgery.decompose(model, 0, "K").S
+    assert torch.equal(after, fresh) and not torch.allclose(before, fresh, rtol=1e-3)

@@ -49,3 +49,40 @@ def test_bad_input_is_a_clear_error(tmp_path, capsys):
     args = parse(["evaluate", str(tmp_path / "missing"), "--quiet"])
     with pytest.raises((FileNotFoundError, ValueError), match="missing"):
         args.func(args)
+
+
+def test_ctrl_c_says_what_was_saved_and_where_then_the_rerun_resumes(checkpoint, tmp_path, capsys, monkeypatch):
+    from surgery.behaviour.results_store import ResultsStore
+    from surgery.cli.main import main
+
+    real_add, calls = ResultsStore.add, []
+
+    def add_then_interrupt(self, rec):
+        real_add(self, rec)
+        calls.append(rec.episode)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    argv = ["evaluate", str(checkpoint), "--episodes", "4", "--max-steps", "15", "--quiet", "--out", str(tmp_path)]
+    monkeypatch.setattr(ResultsStore, "add", add_then_interrupt)
+    assert main(argv) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"surgery evaluate: interrupted: 2 episodes saved in {tmp_path / 'episodes.sqlite'}; "
+                   "rerun the same command to resume"]
+    monkeypatch.setattr(ResultsStore, "add", real_add)
+    assert main(argv) == 0
+    assert f"4 episodes saved in {tmp_path / 'episodes.sqlite'} (2 of them from an earlier run)" in capsys.readouterr().out
+
+
+def test_a_foreign_database_as_out_is_one_line_and_untouched(checkpoint, tmp_path, capsys):
+    from surgery.cli.main import main
+
+    con = sqlite3.connect(tmp_path / "episodes.sqlite")
+    con.execute("CREATE TABLE users (name TEXT)")
+    con.commit()
+    con.close()
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert main(["evaluate", str(checkpoint), "--episodes", "2", "--quiet", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a surgery results file (tables ['users'])" in err[0], err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

@@ -119,6 +119,20 @@ def test_in_place_edit_is_seen_like_hf():
         assert torch.equal(p(s, a, r, t, mask), b)  # restored weights: bitwise the original outputs
 
 
+def test_a_dtype_round_trip_is_not_served_stale_derived_weights():
+    """`model.to(dtype)` swaps each parameter's data without bumping its version counter."""
+    model, _ = untrained_dt("Hopper-v5")
+    scramble(model)
+    s, a, r, t, mask, _ = padded_batch(model, L=20)
+    policy = DTPolicy(model)
+    before = policy(s, a, r, t, mask)  # fills the cache of transposed copies
+    model.to(torch.float8_e5m2).to(torch.float32)  # rounds every weight; same Parameter objects, same versions
+    fresh = DTPolicy(model)(s, a, r, t, mask)
+    assert (fresh - before).abs().max() > 0.01  # the rounding matters (0.038 measured; 1.4e-3 when only the
+    torch.testing.assert_close(policy(s, a, r, t, mask), fresh, atol=1e-4, rtol=0)  # cached copies are stale)
+    torch.testing.assert_close(fresh, hf_last(model, s, a, r, t, mask), atol=2e-5, rtol=0)
+
+
 def test_bfloat16_error_is_small():
     model, _ = untrained_dt("Hopper-v5")
     scramble(model)

@@ -68,3 +68,44 @@ def test_bad_arguments_exit_non_zero_with_a_clear_message(capsys, argv, message)
         main(argv)
     assert exit_.value.code != 0
     assert message in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_a_second_run_on_the_same_out_is_refused_at_start(checkpoint, tmp_path, capsys):
+    from surgery import runlock
+    from tests.test_runlock import _hold_in_child
+
+    out = tmp_path / "busy"
+    child = _hold_in_child(out)
+    try:
+        for argv in (["edit-eval", str(checkpoint), "--block", "0", "--weight", "K"],
+                     ["validate", str(checkpoint), "--top", "1"]):
+            assert main(argv + ["--episodes", "4", "--max-steps", "10", "--out", str(out), "--quiet"]) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and f"{out} is in use by another run (pid {child.pid}" in err[0], err
+            assert sorted(p.name for p in out.iterdir()) == [runlock.LOCK_NAME]  # nothing written
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_ctrl_c_in_edit_eval_says_what_was_saved_and_where(checkpoint, tmp_path, capsys, monkeypatch):
+    from surgery.behaviour import results_store
+    from surgery.behaviour.results_store import ResultsStore
+
+    real_add, calls = ResultsStore.add, []
+
+    def add_then_interrupt(self, rec):
+        real_add(self, rec)
+        calls.append(rec.episode)
+        if len(calls) == 5:  # baseline and edited episodes share the lanes, in the order they end
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ResultsStore, "add", add_then_interrupt)
+    out = tmp_path / "ee"
+    assert main(["edit-eval", str(checkpoint), "--block", "0", "--weight", "V", "--episodes", "4",
+                 "--max-steps", "15", "--out", str(out), "--quiet"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    saved = {name: results_store.saved(out / name) for name in ("baseline", "edited")}
+    assert sum(saved.values()) == 5 and all(saved.values()), saved
+    assert err == [f"surgery edit-eval: interrupted: 5 episodes saved under {out} "
+                   f"(baseline: {saved['baseline']}, edited: {saved['edited']}); rerun the same command to resume"], err

@@ -122,3 +122,46 @@ def test_display_label():
     assert F.display_label("a\nb") == r"a\nb"
     assert F.display_label("  ") == "␣␣" and F.display_label(" the") == "␣the" and F.visible("a b ") == "a b␣"
     assert len(F.display_label("x" * 50)) == 18
+
+
+def test_html_has_a_table_of_contents_whose_links_all_land(report, loc):
+    html = report.files["report.html"]
+    nav = html.split("<nav id='contents'>")[1].split("</nav>")[0]
+    links = re.findall(r"href='#([^']+)'", nav)
+    ids = set(re.findall(r"""id=['"]([^'"]+)['"]""", html))
+    assert links and not [link for link in links if link not in ids]
+    for name in ("summary", "action_out", "state_in", "return_in", "fig-overview", "fig-action_out_topk"):
+        assert name in links
+    md = report.files["report.md"]
+    assert "- [Summary](#summary)" in md and "- [action_out](#action_out)" in md
+
+
+def _rows_of(html: str, name: str) -> list[str]:
+    section = html.split(f"<h2 id='{name}'>")[1].split("<h2 ")[0]
+    return re.findall(r"<tr>(.*?)</tr>", section.split("</table>")[0], re.S)
+
+
+def test_a_small_set_shows_each_label_once(report, loc):
+    """3 action labels with top=3: one column, each label once (not the same three as 'most positive'
+    and again as 'most negative')."""
+    html = report.files["report.html"]
+    header, *rows = _rows_of(html, "action_out")
+    assert "cos with every label" in header and "most negative" not in header
+    for row in rows:
+        labels = re.findall(r'<span class="lab"[^>]*>([^<]*) [+-]\d\.\d\d</span>', row)
+        assert sorted(labels) == ["a0", "a1", "a2"], row
+    cosines = [float(c) for c in re.findall(r'<span class="lab"[^>]*>[^<]* ([+-]\d\.\d\d)</span>', rows[0])]
+    assert cosines == sorted(cosines, reverse=True)
+    assert "highest cos first" in F.topk_table(loc.alignment, "action_out", 0, "K", k=3).axes[0].get_title()
+
+
+def test_a_large_set_keeps_two_disjoint_columns():
+    torch.manual_seed(0)
+    loc = locate(build("dt"), ["time_in"], top=3)  # 40 timestep labels
+    html = build_report(loc, "tiny-dt", figures=False).files["report.html"]
+    header, *rows = _rows_of(html, "time_in")
+    assert "most positive" in header and "most negative" in header
+    for row in rows:
+        cells = re.findall(r"<td>(.*?)</td>", row)
+        top, bottom = (re.findall(r'<span class="lab"[^>]*>([^<]*) [+-]', c) for c in cells[-2:])
+        assert len(top) == len(bottom) == 3 and not set(top) & set(bottom)

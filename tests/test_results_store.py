@@ -201,3 +201,62 @@ def test_record_fields_are_storable():
     from surgery.behaviour.results_store import _columns
 
     assert [c[0] for c in _columns(EpisodeRecord)] == [f.name for f in dataclasses.fields(EpisodeRecord)]
+
+
+def _files(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+def _foreign(path: Path, kind: str) -> None:
+    if kind == "garbage":
+        path.write_bytes(b"this is not a database" * 100)
+    elif kind in ("foreign", "foreign-wal"):
+        con = sqlite3.connect(path)
+        if kind == "foreign-wal":
+            con.execute("PRAGMA journal_mode=WAL")
+        con.execute("CREATE TABLE users (name TEXT)")
+        con.execute("INSERT INTO users VALUES ('ada')")
+        con.commit()
+        con.close()
+    else:  # another experiment's store, closed cleanly
+        with ResultsStore(path, {"env_id": "Hopper-v5"}, EpisodeRecord) as store:
+            store.add(record(0))
+
+
+@pytest.mark.parametrize("kind", ["garbage", "foreign", "foreign-wal", "other-experiment"])
+def test_a_refused_file_is_not_touched(tmp_path, kind):
+    """Refused before anything changes: same bytes, no -wal/-shm, no lock file left behind."""
+    path = tmp_path / RESULTS_FILE
+    _foreign(path, kind)
+    before = _files(tmp_path)
+    with pytest.raises(ValueError, match="not a readable results file|not a surgery results file|another experiment"):
+        ResultsStore(path, {"env_id": "HalfCheetah-v5"}, EpisodeRecord)
+    assert _files(tmp_path) == before
+
+
+HOLDER = textwrap.dedent("""
+    import sys, time
+    from surgery.behaviour.evaluation import EpisodeRecord
+    from surgery.behaviour.results_store import ResultsStore
+    store = ResultsStore(sys.argv[1], {"a": 1}, EpisodeRecord)
+    print("holding", flush=True)
+    time.sleep(120)
+""")
+
+
+def test_a_second_run_on_the_same_directory_is_refused_naming_the_holder(tmp_path):
+    path = tmp_path / RESULTS_FILE
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    child = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "holding", child.stderr.read()
+        with pytest.raises(ValueError, match=rf"{tmp_path} is in use by another run \(pid {child.pid} on "
+                                             rf"\S+, started [0-9-]+ [0-9:]+, command: -c {path}\)"):
+            ResultsStore(path, {"a": 1}, EpisodeRecord)
+    finally:
+        child.kill()  # SIGKILL: no cleanup; the kernel drops the flock
+        child.wait()
+    with ResultsStore(path, {"a": 1}, EpisodeRecord) as store:  # a killed holder does not block
+        store.add(record(0))
+    assert not (tmp_path / ".surgery.lock").exists()  # removed when the run ends

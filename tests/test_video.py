@@ -52,3 +52,38 @@ def test_bad_frames_and_formats_are_refused(tmp_path):
         video.write_video(np.zeros((2, 16, 16, 3), np.uint8), tmp_path / "v.avi")
     with pytest.raises(ValueError, match="uint8"):
         video.write_video(np.zeros((2, 16, 16), np.float32), tmp_path / "v.gif")
+
+
+def _flat_clip(n: int, failed: bool, length: int, ret: float, size: int = 256) -> video.Clip:
+    from surgery.behaviour.evaluation import EpisodeRecord
+
+    rec = EpisodeRecord(episode=0, seed=0, episode_return=ret, score=None, length=length, failed=failed,
+                        failure_step=length if failed else None, terminated=failed, truncated=not failed)
+    return video.Clip(np.full((n, size, size, 3), 128, np.uint8), list(range(0, 4 * n, 4)), rec)
+
+
+def test_captions_fit_inside_their_panels():
+    """The end caption ("step 16; ended at step 1000; return 3251") and a long title are wrapped, not cut off
+    at the panel's edge: the last pixel columns of each panel and of the title band stay untouched."""
+    title = "hopper: block 0 V #1 (write side): constant 0.0078125 (the study's edit), 200 episodes, seed 0"
+    frames = video.side_by_side(_flat_clip(5, False, 1000, 3251.4), _flat_clip(3, True, 432, 1552.2), title=title)
+    band = next(r for r in range(frames.shape[1]) if (frames[0, r, :256] == 128).all())  # title band's height
+    assert band >= 2 * 16  # the title took two lines
+    width = 256 + 4 + 256  # then padded with white to a multiple of 16
+    for f in frames:
+        assert (f[:band, width - 3:] == 255).all()  # title band: nothing reaches the right edge
+        for x0 in (0, 260):  # the two panels, 256 wide, 4 apart
+            edge = f[band:band + 256, x0 + 253:x0 + 256]
+            assert np.isin(edge, (128, 70)).all()  # the frame's grey (or dimmed), no text
+    last = frames[-1, band:band + 256, :256]
+    assert (last != 128).any()  # the caption was drawn
+
+
+def test_edit_video_reports_progress(hopper, tmp_path, capsys):
+    video.edit_video(hopper, [dict(block=1, weight="K", idx=0)], tmp_path, max_steps=5, size=(32, 32), every=1,
+                     progress=True)
+    lines = capsys.readouterr().err.strip().splitlines()  # not a terminal: plain lines, one at each bar's end
+    assert lines[0].startswith("video: rendering: 12/12 frame in ")  # 2 episodes x (reset + 5 steps)
+    assert lines[-1].startswith("video: writing: 24/24 frame in ")  # 2 panels x 6 frames, 6 GIF, 6 MP4
+    video.edit_video(hopper, [dict(block=1, weight="K", idx=0)], tmp_path, max_steps=5, size=(32, 32), every=1)
+    assert capsys.readouterr().err == ""  # by default only on a terminal

@@ -385,8 +385,46 @@ def test_train_seed_changes_only_the_training(tmp_path):
         logs.clear()
         with pytest.raises(ValueError, match=r"holds a train stage built with .*'train_seed': 1"):
             build("hopper", BuildOptions(out=b, seed=0, train_seed=other, **tiny), log=logs.append)
-        assert [line for line in logs if "skipped" in line] == logs and len(logs) == 2  # expert and data are reused
+        assert logs == []  # every marker is checked before any stage runs or is reported
     # --train-seed equal to --seed is the plain build: a marker written without it is accepted.
     logs.clear()
     build("hopper", BuildOptions(out=a, seed=0, train_seed=0, stop_after="train", **tiny), log=logs.append)
     assert len(logs) == 3 and all("skipped" in line for line in logs)
+
+
+def test_a_refused_build_changes_nothing(tmp_path, monkeypatch):
+    """A later stage built with other options is refused before an earlier, unfinished stage runs."""
+    from surgery.zoo import build as zoo_build
+
+    ran = []
+    for stage in zoo_build.STAGES:
+        monkeypatch.setattr(zoo_build, f"stage_{stage}", lambda s, root, opts, stage=stage: ran.append(stage))
+    root = tmp_path / "lunarlander"
+    root.mkdir()
+    (root / ".data.done").write_text(json.dumps({"seed": 0, "expert_iters": None, "expert_minutes": None,
+                                                 "episodes": 7}) + "\n")  # no .expert.done: expert would rerun
+    before = {p.name: p.read_bytes() for p in root.iterdir()}
+    with pytest.raises(ValueError, match=r"holds a data stage built with .*'episodes': 7"):
+        zoo_build.build("lunarlander", zoo_build.BuildOptions(out=tmp_path, episodes=3, progress=False),
+                        log=lambda _: None)
+    assert ran == [] and {p.name: p.read_bytes() for p in root.iterdir()} == before
+
+
+def test_a_stage_that_reruns_invalidates_the_later_ones(tmp_path, monkeypatch):
+    from surgery.zoo import build as zoo_build
+
+    ran = []
+
+    def stub(s, root, opts, stage):
+        root.mkdir(parents=True, exist_ok=True)
+        ran.append(stage)
+
+    for stage in zoo_build.STAGES:
+        monkeypatch.setattr(zoo_build, f"stage_{stage}", lambda s, root, opts, stage=stage: stub(s, root, opts, stage))
+    opts = zoo_build.BuildOptions(out=tmp_path, episodes=3, progress=False)
+    zoo_build.build("lunarlander", opts, log=lambda _: None)
+    assert ran == list(zoo_build.STAGES)
+    (tmp_path / "lunarlander" / ".expert.done").unlink()  # the user asks for the expert to be rebuilt
+    ran.clear()
+    zoo_build.build("lunarlander", opts, log=lambda _: None)
+    assert ran == list(zoo_build.STAGES)  # not expert alone, with data trained on the old expert

@@ -109,9 +109,29 @@ def alignment(model, settings: AlignmentSettings | None = None, *, progress: boo
               **overrides) -> Alignment:
     """Cosines of singular vectors with unit-normalised embeddings, scored against chance.
 
-    settings: an AlignmentSettings; keyword arguments override its fields, e.g.
-    `alignment(model, embeddings="action_out", weights=["K", "V"], top=5)`. See AlignmentSettings for
-    every field. progress: show progress bars (vocabulary-sized sets take a while).
+    model: a loaded model or a raw Hugging Face / TransformerLens model.
+    settings: an AlignmentSettings (default: every embedding set x every residual-facing singular
+        vector of K, V, OV and QK in every block and head, 10 labels kept at each end, Holm's
+        correction within each set, alpha 0.05). `help(surgery.analysis.settings.AlignmentSettings)`
+        documents every field: embeddings, weights, blocks, heads, vectors, top, fold_ln, sides,
+        dtype, method, draws, seed, correction, family, alpha.
+    **overrides: any of those fields by keyword, replacing the settings' value.
+    progress: show progress bars (vocabulary-sized sets take a while).
+
+    Returns an `Alignment`: `.records` (one row per vector and label kept: cos, p, p_adj, z),
+    `.vectors` (one row per vector: its best label), `.weights` (one row per weight: how many
+    vectors beat chance, the selectivity), the chance laws in `.nulls`, and `.settings` resolved.
+
+    Examples:
+
+    >>> a = alignment(model, embeddings="action_out", weights=["K", "V"], top=2)
+    >>> a.settings.weights, a.settings.top
+    (('K', 'V'), 2)
+    >>> best = a.vectors.sort("p_adj").row(0)                 # the vector most beyond chance
+    >>> best["weight"], best["p_adj"] < 0.05
+    ('V', True)
+    >>> from surgery.analysis.settings import AlignmentSettings
+    >>> a = alignment(model, AlignmentSettings(blocks=(0,), correction="bh"), vectors=8)
     """
     unknown = sorted(set(overrides) - {f.name for f in fields(AlignmentSettings)})
     if unknown:

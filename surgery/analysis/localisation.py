@@ -57,9 +57,26 @@ def locate(model, embedding: str | Sequence[str] | None = "action_out", settings
            *, progress: bool | None = None, **overrides) -> Location:
     """Rank every singular vector by how far its alignment with `embedding` is beyond chance.
 
-    embedding: a set name, several, or None for every set the model has (with a summary across
-    them); it takes the place of `settings.embeddings`. settings and keyword overrides: as for
-    `surgery.alignment` (AlignmentSettings), except that 5 labels per end are kept unless `top` says otherwise.
+    model: a loaded model or a raw Hugging Face / TransformerLens model.
+    embedding: a set name ("action_out", "state_in", "token_out", ...), several, or None for
+        every set the model has (with a summary across them); it takes the place of
+        `settings.embeddings`.
+    settings, **overrides: as for `surgery.alignment` (AlignmentSettings fields: weights, blocks,
+        heads, vectors, top, fold_ln, sides, dtype, method, draws, seed, correction, family,
+        alpha), except that 5 labels per end are kept unless `top` says otherwise.
+    progress: show progress bars.
+
+    Returns a `Location`: `.ranking` (every vector, most significant first), `.weights` (per
+    weight: vectors beyond chance, the best, the selectivity), `.summary` (one row per set) and
+    the `Alignment` it came from; printing it answers in a few lines.
+
+    Examples:
+
+    >>> loc = locate(model, "action_out")
+    >>> loc.ranking.row(0)["block"], loc.ranking.row(0)["weight"]   # the strongest carrier
+    (0, 'V')
+    >>> loc = locate(model, "action_out", weights=["K"], alpha=0.01)  # K vectors only, stricter
+    >>> everything = locate(model, None)                               # every set, a summary row each
     """
     embeddings = None if embedding is None else (embedding,) if isinstance(embedding, str) else tuple(embedding)
     s = replace(settings or AlignmentSettings(top=5), embeddings=embeddings)

@@ -30,7 +30,7 @@ from typing import Sequence
 import torch
 
 from adapters import wrap
-from surgery.core.decomposition import base_of, canonical_version, factors
+from surgery.core.decomposition import ContentStamp, base_of, canonical_version, factors
 from surgery.core.patching import Edit, Patch
 from surgery.errors import SurgeryError
 
@@ -87,8 +87,8 @@ class LaneEdits:
         # What each patch adds (a loaded patch: its saved factors, not a new SVD).
         self.deltas: tuple[tuple[Delta, ...], ...] = tuple(
             tuple(self._delta(*u) for per_edit in p.plan() for u in per_edit) for p in patches)
-        # What the deltas were computed from: every factor of every edited weight, by version.
-        self._sources = {id(base_of(f)): (base_of(f), canonical_version(adapter, f))
+        # What the deltas were computed from: every factor of every edited weight, by contents stamp.
+        self._sources = {id(base_of(f)): (base_of(f), ContentStamp(f, canonical_version(adapter, f)))
                          for group in self.edits for e in group for f in factors(adapter, e.block, e.weight)}
         self._stacks: dict[tuple, Stacked] = {}
 
@@ -105,8 +105,8 @@ class LaneEdits:
 
     def check_current(self) -> None:
         """Raise unless every weight the deltas came from is as it was (a reverted patch counts as unchanged)."""
-        for base, version in self._sources.values():
-            if canonical_version(self.adapter, base) != version:
+        for base, stamp in self._sources.values():
+            if ContentStamp(base, canonical_version(self.adapter, base)) != stamp:
                 name = self.params.get(id(base), ("a weight",))[0]
                 raise SurgeryError(f"{name} changed after these lane edits were computed (a patch applied since?); "
                                    "build the LaneEdits again from the weights the lanes should edit")

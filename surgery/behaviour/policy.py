@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from surgery.core.decomposition import ContentStamp
 from surgery.errors import SurgeryError
 
 if TYPE_CHECKING:
@@ -73,7 +74,7 @@ class DTPolicy:
         on_cpu = self.device.type == "cpu"
         self.fused = (_ONEDNN and on_cpu and dtype in (torch.float32, torch.bfloat16)) if fused is None else fused
         self._softmax_dtype = torch.promote_types(dtype, torch.float32)
-        self._cache: dict[tuple[int, bool], tuple[torch.Tensor, int, torch.Tensor]] = {}
+        self._cache: dict[tuple[int, bool], tuple[torch.Tensor, ContentStamp, torch.Tensor]] = {}
         self.edits = edits
         self._stacks = {} if edits is None else self._lane_stacks(edits)
 
@@ -124,12 +125,13 @@ class DTPolicy:
         if p.dtype == self.dtype and not transpose:
             return p.detach()
         key = (id(p), transpose)
+        stamp = ContentStamp(p)  # not only the version: model.to(dtype) swaps data and keeps it
         hit = self._cache.get(key)
-        if hit is not None and hit[0] is p and hit[1] == p._version:
+        if hit is not None and hit[0] is p and hit[1] == stamp:
             return hit[2]
         derived = p.detach().to(self.dtype)
         derived = derived.t().contiguous() if transpose else derived
-        self._cache[key] = (p, p._version, derived)
+        self._cache[key] = (p, stamp, derived)
         return derived
 
     def _conv1d(self, x: torch.Tensor, conv, act: str = "none", add: torch.Tensor | None = None,

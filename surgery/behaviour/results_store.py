@@ -6,6 +6,11 @@ the episodes already finished, so an interrupted run continues where it stopped;
 spec, a corrupt file or a file that is not a results store is refused with a clear message.
 Each row is written in its own transaction: a crash leaves whole rows or none. The file uses
 SQLite's write-ahead log, so episodes.sqlite-wal and -shm may sit beside it while it is open.
+
+A file that is refused is not changed: it is first read without locks or side files
+(`immutable=1`), and only a file that passes is opened for writing. While a store is open its
+directory is locked (surgery/runlock.py), so a second run on the same directory is refused at
+once, with the holder's pid, host, start time and command.
 """
 from __future__ import annotations
 
@@ -18,9 +23,10 @@ import time
 import typing
 from pathlib import Path
 
+from surgery import runlock
 from surgery.errors import SurgeryError
 
-__all__ = ["ResultsStore", "fingerprint", "stored_spec", "RESULTS_FILE"]
+__all__ = ["ResultsStore", "fingerprint", "saved", "stored_spec", "RESULTS_FILE"]
 
 RESULTS_FILE = "episodes.sqlite"
 SCHEMA_VERSION = 1
@@ -30,6 +36,35 @@ _SQL_TYPES = {int: "INTEGER", float: "REAL", bool: "INTEGER", str: "TEXT"}
 def fingerprint(spec: dict) -> str:
     """A stable hash of an experiment spec (JSON with sorted keys)."""
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def _tables(conn: sqlite3.Connection) -> set[str]:
+    return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+
+def _read_only_uri(path: Path) -> str:
+    """A URI that reads a results file without writing anything beside it (no -shm/-wal unless it has a log)."""
+    wal = Path(f"{path}-wal")
+    return Path(path).resolve().as_uri() + "?mode=ro" + ("" if wal.is_file() and wal.stat().st_size else "&immutable=1")
+
+
+def saved(directory: str | Path, below: int | None = None) -> int:
+    """Episodes stored in the results files under `directory` (read-only; 0 where there are none).
+
+    `below`: count only keys below this (the episodes a run of that many would reuse).
+    """
+    total = 0
+    for path in sorted(Path(directory).rglob(RESULTS_FILE)) if Path(directory).is_dir() else []:
+        try:
+            conn = sqlite3.connect(_read_only_uri(path), uri=True)
+            try:
+                where = "" if below is None else f" WHERE episode < {int(below)}"
+                total += conn.execute(f"SELECT COUNT(*) FROM episodes{where}").fetchone()[0]
+            finally:
+                conn.close()
+        except sqlite3.DatabaseError:
+            pass
+    return total
 
 
 def _columns(record_type) -> list[tuple[str, type, bool]]:
@@ -53,7 +88,7 @@ def stored_spec(path: str | Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        conn = sqlite3.connect(_read_only_uri(path), uri=True)
         try:
             row = conn.execute("SELECT value FROM experiment WHERE name = 'spec'").fetchone()
         finally:
@@ -75,35 +110,77 @@ class ResultsStore:
         if key not in [c[0] for c in self.columns]:
             raise SurgeryError(f"key {key!r} is not a field of {record_type.__name__}")
         self.key = key
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = self._open()
+        self._inspect()  # refuses a foreign, corrupt or other experiment's file before anything is changed
+        self._lock = runlock.acquire(self.path.parent)  # refuses a second run on the same directory
+        try:
+            self._conn = self._open()
+        except BaseException:
+            runlock.release(self._lock)
+            raise
 
-    def _refuse(self, why: str) -> ValueError:
-        return ValueError(f"{self.path}: {why}. Choose another output directory, "
-                          "or move the file away to start afresh.")
+    def _refuse(self, why: str) -> SurgeryError:
+        return SurgeryError(f"{self.path}: {why}. Choose another output directory, "
+                            "or move the file away to start afresh.")
+
+    def _inspect(self) -> None:
+        """Check an existing file read-only, creating and changing nothing (not even SQLite's -wal/-shm)."""
+        if not self.path.exists():
+            return
+        if not self.path.is_file():
+            raise self._refuse("not a file")
+        with open(self.path, "rb") as f:
+            header = f.read(16)
+        if not header:
+            return  # an empty file is an empty database: nothing to lose
+        if header != b"SQLite format 3\x00":
+            raise self._refuse("not a readable results file (not an SQLite database)")
+        uri = self.path.resolve().as_uri() + "?mode=ro"
+        try:
+            # immutable: read the main file only, with no locks and no -shm; enough to tell whose file it is
+            conn = sqlite3.connect(uri + "&immutable=1", uri=True)
+            try:
+                tables = _tables(conn)
+                wal = Path(f"{self.path}-wal")
+                if not tables and wal.is_file() and wal.stat().st_size:
+                    # created by a run killed before its first checkpoint: the tables are in the log
+                    conn.close()
+                    conn = sqlite3.connect(uri, uri=True)
+                    tables = _tables(conn)
+                if tables:
+                    self._check(conn, tables)
+            finally:
+                conn.close()
+        except sqlite3.DatabaseError as e:
+            raise self._refuse(f"not a readable results file (corrupt or not SQLite: {e})") from None
 
     def _open(self) -> sqlite3.Connection:
         try:
             conn = sqlite3.connect(self.path, isolation_level=None)  # explicit transactions below
-            # WAL: a committed row survives the process being killed, without an fsync per episode
-            # (only a power cut can drop the last few commits; the file stays consistent either way).
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            if tables:
-                check = conn.execute("PRAGMA quick_check").fetchone()[0]
-                if check != "ok":
-                    raise sqlite3.DatabaseError(check)
+            try:
+                tables = _tables(conn)
+                if tables:  # checked again, now that no other run can be creating it
+                    self._check(conn, tables)
+                # WAL: a committed row survives the process being killed, without an fsync per episode
+                # (only a power cut can drop the last few commits; the file stays consistent either way).
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                if not tables:
+                    self._create(conn)
+            except BaseException:
+                conn.close()
+                raise
         except sqlite3.DatabaseError as e:
             raise self._refuse(f"not a readable results file (corrupt or not SQLite: {e})") from None
-        if not tables:
-            self._create(conn)
-        elif tables != {"experiment", "episodes"}:
-            conn.close()
-            raise self._refuse(f"not a surgery results file (tables {sorted(tables)})")
-        else:
-            self._check_experiment(conn)
         return conn
+
+    def _check(self, conn: sqlite3.Connection, tables: set[str]) -> None:
+        """Refuse a file that is corrupt, foreign, or another experiment's (raises; closes nothing)."""
+        check = conn.execute("PRAGMA quick_check").fetchone()[0]
+        if check != "ok":
+            raise sqlite3.DatabaseError(check)
+        if tables != {"experiment", "episodes"}:
+            raise self._refuse(f"not a surgery results file (tables {sorted(tables)})")
+        self._check_experiment(conn)
 
     def _create(self, conn: sqlite3.Connection) -> None:
         cols = ", ".join(
@@ -125,11 +202,9 @@ class ResultsStore:
     def _check_experiment(self, conn: sqlite3.Connection) -> None:
         meta = dict(conn.execute("SELECT name, value FROM experiment"))
         if meta.get("schema_version") != str(SCHEMA_VERSION):
-            conn.close()
             raise self._refuse(f"results schema version {meta.get('schema_version')!r}, "
                                f"this tool reads {SCHEMA_VERSION}")
         if meta.get("fingerprint") != self.fingerprint:
-            conn.close()
             try:
                 theirs = json.loads(meta.get("spec", "{}"))
             except json.JSONDecodeError:
@@ -141,7 +216,6 @@ class ResultsStore:
         names = [r[1] for r in conn.execute("PRAGMA table_info(episodes)")]
         expected = [c[0] for c in self.columns] + ["finished_at"]
         if names != expected:
-            conn.close()
             raise self._refuse(f"episodes table has columns {names}, expected {expected}")
 
     def finished(self) -> dict[int, object]:
@@ -184,7 +258,11 @@ class ResultsStore:
         return self._conn.execute("SELECT COUNT(*) FROM episodes").fetchone()[0]
 
     def close(self) -> None:
-        self._conn.close()
+        try:
+            self._conn.close()
+        finally:
+            runlock.release(self._lock)
+            self._lock = None
 
     def __enter__(self):
         return self

@@ -66,6 +66,36 @@ def load_dt(args):
     return model
 
 
+def output_lock(out):
+    """Check `out` can be written, then hold it for this run (surgery.runlock); nothing when no --out was given."""
+    from contextlib import nullcontext
+
+    from surgery import runlock
+
+    return nullcontext() if out is None else runlock.hold(check_out_dir(out))
+
+
+def saved_note(out) -> str:
+    """What an interrupted run leaves in `out`: the episodes stored in each results file, and how to go on."""
+    from pathlib import Path
+
+    from surgery.behaviour.results_store import RESULTS_FILE, saved
+
+    out = Path(out)
+    files = sorted(out.rglob(RESULTS_FILE)) if out.is_dir() else []
+    if not files:
+        return f"nothing saved in {out} yet"
+    if files == [out / RESULTS_FILE]:
+        return f"{saved(out)} episodes saved in {files[0]}; rerun the same command to resume"
+    each = ", ".join(f"{p.parent.relative_to(out)}: {saved(p.parent)}" for p in files)
+    return f"{saved(out)} episodes saved under {out} ({each}); rerun the same command to resume"
+
+
+def reused_note(before: int, out) -> str:
+    """The line a finished run prints about episodes reused from an earlier run on the same --out."""
+    return f"{before} episodes were reused from an earlier run in {out}" if before else ""
+
+
 # ---- flags from a settings dataclass (CleanRL style: the dataclass and its field docstrings are the source) ----
 def field_docs(cls) -> dict[str, str]:
     """The docstring written under each field of a dataclass, read from its source."""

@@ -5,7 +5,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from surgery.cli.args import add_rollout_arguments, check_out_dir, load_dt
+from surgery.cli.args import add_rollout_arguments, load_dt, output_lock, saved_note
 
 
 def register(subparsers) -> None:
@@ -20,23 +20,34 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    with output_lock(args.out):  # a second run on the same --out is refused before anything is loaded
+        return _run(args)
+
+
+def _run(args) -> int:
     import torch
 
     from surgery.behaviour.evaluation import evaluate
+    from surgery.behaviour.results_store import RESULTS_FILE, saved
 
-    if args.out:
-        check_out_dir(args.out)
     model = load_dt(args)
-    result = evaluate(model, episodes=args.episodes, seed=args.seed, target_return=args.target_return,
-                      dtype=torch.bfloat16 if args.bf16 else torch.float32, progress=not args.quiet,
-                      max_steps=args.max_steps, out=args.out)
+    before = saved(args.out, below=args.episodes) if args.out else 0
+    try:
+        result = evaluate(model, episodes=args.episodes, seed=args.seed, target_return=args.target_return,
+                          dtype=torch.bfloat16 if args.bf16 else torch.float32, progress=not args.quiet,
+                          max_steps=args.max_steps, out=args.out)
+    except KeyboardInterrupt:
+        if args.out:
+            raise KeyboardInterrupt(saved_note(args.out)) from None
+        raise
     if args.json:
         print(json.dumps({"summary": result.summary(), "records": [asdict(r) for r in result.records]},
                          default=_jsonable, indent=2))
     else:
         print(result)
         if args.out:
-            print(f"episodes saved in {Path(args.out) / 'episodes.sqlite'}")
+            reused = f" ({before} of them from an earlier run)" if before else ""
+            print(f"{args.episodes} episodes saved in {Path(args.out) / RESULTS_FILE}{reused}")
     return 0
 
 

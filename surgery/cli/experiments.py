@@ -4,9 +4,10 @@ from __future__ import annotations
 import json
 import re
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
-from surgery.cli.args import add_rollout_arguments, check_out_dir, load_dt, non_negative_int, positive_int
+from surgery.cli.args import add_rollout_arguments, check_out_dir, load_dt, non_negative_int, output_lock, positive_int
 from surgery.errors import SurgeryError
 from surgery.names import REMOVAL_OPS, SCALAR_OPS, SIDES, WEIGHTS
 
@@ -92,6 +93,11 @@ EDIT_FLAGS = ("block", "weight", "idx", "head", "op", "value", "side")
 
 
 def run_edit_eval(args) -> int:
+    with output_lock(args.out):  # refused before the model is loaded when --out is given (else in _one_run)
+        return _edit_eval(args)
+
+
+def _edit_eval(args) -> int:
     import torch
 
     from surgery.core.patching import Edit, Patch, validate_edit
@@ -121,10 +127,12 @@ def run_edit_eval(args) -> int:
     edits = patch.edits
     name = edit_specs.slug(edits[0]) if len(edits) == 1 else f"{len(edits)}-edits-{patch.digest[:12]}"
     out = args.out or Path("runs") / "edit-eval" / f"{_name(args.model)}-{name}"
-    result = edit_eval(model, patch, episodes=args.episodes, seed=args.seed, target_return=args.target_return,
-                       out=out, dtype=torch.bfloat16 if args.bf16 else torch.float32, max_steps=args.max_steps,
-                       progress=not args.quiet, video=args.video, source=args.model)
+    with _one_run(out, args.episodes) as reused:
+        result = edit_eval(model, patch, episodes=args.episodes, seed=args.seed, target_return=args.target_return,
+                           out=out, dtype=torch.bfloat16 if args.bf16 else torch.float32, max_steps=args.max_steps,
+                           progress=not args.quiet, video=args.video, source=args.model)
     print(_json(result.to_dict()) if args.json else result.text())
+    _note(reused)
     if args.edits is not None:
         print(f"edits: {args.edits} (manifest sha256 {patch.digest})", file=sys.stderr)
     return 0
@@ -165,6 +173,11 @@ def _save_edit(patch, folder: Path, model):
 
 
 def run_validate(args) -> int:
+    with output_lock(args.out):
+        return _validate(args)
+
+
+def _validate(args) -> int:
     import torch
 
     from surgery.experiments.validate import validate
@@ -174,13 +187,36 @@ def run_validate(args) -> int:
     only = f"-{'-'.join(args.weights)}" if args.weights else ""
     out = check_out_dir(args.out or Path("runs") / "validate" / f"{_name(args.model)}-{args.embedding}{only}-{args.op}")
     model = load_dt(args)
-    result = validate(model, args.embedding, top=args.top, controls=args.controls, weights=args.weights,
-                      op=args.op, value=args.value,
-                      episodes=args.episodes, seed=args.seed, target_return=args.target_return, out=out,
-                      dtype=torch.bfloat16 if args.bf16 else torch.float32, max_steps=args.max_steps,
-                      alpha=args.alpha, correction=args.correction, progress=not args.quiet, source=args.model)
+    with _one_run(out, args.episodes) as reused:
+        result = validate(model, args.embedding, top=args.top, controls=args.controls, weights=args.weights,
+                          op=args.op, value=args.value,
+                          episodes=args.episodes, seed=args.seed, target_return=args.target_return, out=out,
+                          dtype=torch.bfloat16 if args.bf16 else torch.float32, max_steps=args.max_steps,
+                          alpha=args.alpha, correction=args.correction, progress=not args.quiet, source=args.model)
     print(_json(result.to_dict()) if args.json else result.text())
+    _note(reused)
     return 0
+
+
+@contextmanager
+def _one_run(out: Path, episodes: int):
+    """Hold `out` for this run (a second run on it is refused at once, naming this one); yield the
+    note on episodes reused from an earlier run; on Ctrl-C, say what was saved and where."""
+    from surgery import runlock
+    from surgery.behaviour.results_store import saved
+    from surgery.cli.args import reused_note, saved_note
+
+    with runlock.hold(out):
+        note = reused_note(saved(out, below=episodes), out)
+        try:
+            yield note
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(saved_note(out)) from None
+
+
+def _note(text: str) -> None:
+    if text:
+        print(text, file=sys.stderr)
 
 
 def _json(d: dict) -> str:

@@ -61,8 +61,8 @@ def run(func, args, command: str) -> int:
     except (SurgeryError, FileNotFoundError) as e:
         print(f"surgery {command}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"surgery {command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:  # a command may say what was saved: raise KeyboardInterrupt(note)
+        print(f"surgery {command}: interrupted{f': {e}' if str(e) else ''}", file=sys.stderr)
         return 130
 
 

@@ -30,6 +30,7 @@ from surgery.core import lowrank
 from surgery.core.state import state
 from surgery.errors import SurgeryError
 from surgery.names import DEFAULT_SIDE, RESIDUAL_SIDES, SIDES, WEIGHTS  # noqa: F401  (re-exported)
+from surgery.progress import busy
 
 
 @dataclass(frozen=True)
@@ -107,15 +108,35 @@ def canonical_version(adapter: Adapter, t: torch.Tensor) -> int:
     return state(adapter).version_aliases.get((id(t), t._version), t._version)
 
 
-def _stamp(adapter: Adapter, tensors) -> tuple:
-    """What identifies the contents of the source tensors: object, version, and where and how the data lives.
+class ContentStamp:
+    """What identifies a tensor's contents now: the object, its version counter, and where its data lives.
 
-    The data pointer, dtype and device matter because `model.to(dtype)` swaps a parameter's data
-    without touching its identity or version counter (a cached float32 SVD was served after
-    `model.to(torch.bfloat16)` before they were part of the stamp).
+    `model.to(dtype)` swaps a parameter's data without touching its identity or version counter (a
+    cached float32 SVD was served after `model.to(torch.bfloat16)` when only those were stamped), and
+    the freed storage's address can be handed straight to the converted data: after a float32 ->
+    float8 -> float32 round trip the address was reused in about half the runs, so an address alone
+    does not tell two contents apart either. The stamp holds the storage it saw, so that address
+    cannot be reused while the stamp lives (after such a swap, a cache entry keeps the old copy alive
+    until the entry is next read and replaced).
     """
-    return tuple((id(b), canonical_version(adapter, t), b.data_ptr(), b.dtype, b.device)
-                 for t, b in ((t, base_of(t)) for t in tensors))
+
+    __slots__ = ("id", "key", "_storage")
+
+    def __init__(self, t: torch.Tensor, version: int | None = None):
+        b = base_of(t)
+        self.id = id(b)
+        self.key = (id(b), b._version if version is None else version, b.data_ptr(), b.dtype, b.device)
+        self._storage = b.untyped_storage()
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, ContentStamp) and self.key == other.key
+
+    __hash__ = None
+
+
+def _stamp(adapter: Adapter, tensors) -> tuple[ContentStamp, ...]:
+    """The contents of the source tensors, with versions a bitwise restore mapped back (canonical_version)."""
+    return tuple(ContentStamp(t, canonical_version(adapter, t)) for t in tensors)
 
 
 def _sources(adapter: Adapter, block: int, weight: str, fold_ln: bool) -> list[torch.Tensor]:
@@ -134,11 +155,38 @@ def default_dtype(device: torch.device) -> torch.dtype:
 
 def decompose(model, block: int, weight: str, head: int | None = None, fold_ln: bool = False,
               dtype: torch.dtype | None = None, method: str = "exact", k: int | None = None) -> SVD:
-    """SVD of one weight; for OV/QK with head=None, every head's, stacked `[n_heads, ...]`.
+    """SVD of one weight, `W = U @ diag(S) @ V.T`, in the row-vector convention `y = x @ W`.
 
-    Computed in `dtype` (float32 or float64; default float64 on CPU) whatever the weight's dtype,
-    cached until the weight (or, with fold_ln, the LayerNorm gain) changes. `k` keeps the top k
-    triples; `method="gram"|"randomized"|"auto"` computes only those (see surgery.core.lowrank).
+    model: a loaded model or a raw Hugging Face / TransformerLens model.
+    block: transformer block, 0..n_blocks-1.
+    weight: "K" (MLP in, `[d_model, d_mlp]`), "V" (MLP out, `[d_mlp, d_model]`), "OV" (`W_V @ W_O`)
+        or "QK" (`W_Q @ W_K.T`), the last two per head and decomposed through their factors.
+    head: for OV and QK, one head; None gives every head's, stacked `[n_heads, ...]`.
+    fold_ln: multiply the read side by the preceding LayerNorm's gain (what the normalised
+        residual stream sees); False decomposes the weight as stored, the one a patch edits.
+    dtype: torch.float32 or torch.float64 (default float64 on the CPU, float32 on accelerators),
+        whatever the weight's own dtype.
+    method: "exact" (LAPACK, default), or "gram", "randomized", "auto" for large weights
+        (surgery.core.lowrank; randomized and auto need k).
+    k: keep only the top k triples.
+
+    Returns an `SVD` that unpacks as `U, S, V`: U `[d_in, r]` the read side, V `[d_out, r]` the
+    write side, S descending, `U[:, i] @ W == S[i] * V[:, i]`, signs fixed by a documented rule
+    (docs/core.md). Cached until the weight (or, folded, the gain) changes, so analysis inside a
+    patch sees the patched weight.
+
+    Examples:
+
+    >>> U, S, V = decompose(model, block=1, weight="K")
+    >>> U.shape, S.shape, V.shape
+    (torch.Size([128, 128]), torch.Size([128]), torch.Size([512, 128]))
+    >>> W = model.mlp_in(1).detach().double()
+    >>> torch.allclose(U[:, 0] @ W, S[0] * V[:, 0])
+    True
+    >>> decompose(model, block=0, weight="OV").U.shape      # every head: [n_heads, d_model, d_head]
+    torch.Size([1, 128, 128])
+    >>> decompose(model, block=0, weight="QK", head=0, k=4).S.shape
+    torch.Size([4])
     """
     adapter = wrap(model)
     check_location(adapter, block, weight, head)
@@ -178,24 +226,41 @@ def _top(svd: SVD, k: int) -> SVD:
 
 def _compute(adapter: Adapter, block: int, weight: str, fold_ln: bool, dtype: torch.dtype,
              method: str = "exact", k: int | None = None) -> SVD:
-    with torch.no_grad():
-        mats = [f.detach().to(dtype) for f in factors(adapter, block, weight)]
-        ln = adapter.ln_before(block, weight) if fold_ln else None
-        if ln is not None and ln.weight is not None:
-            gain = ln.weight.detach().to(dtype)
-            mats[0] = gain.unsqueeze(-1) * mats[0]  # diag(gamma) @ (read side)
-            if weight == "QK":
-                mats[1] = mats[1] * gain  # the key side reads the same normalised stream: W_K.T @ diag(gamma)
-        res = None
-        if method == "exact":
-            U, S, V = dense_svd(mats[0]) if len(mats) == 1 else factored_svd(*mats)
-        elif method == "auto":
-            U, S, V, method, res = lowrank.auto_svd(mats, k)  # records the route it took
-        else:
-            U, S, V = lowrank.top_svd(mats, adapter.rank(weight) if k is None else k, method)
-            res = lowrank.residual(mats, U, S, V)
-        U, V = fix_signs(U, V, DEFAULT_SIDE[weight])
+    # No torch.no_grad() here: the factors are detached, so nothing records a graph anyway, and a
+    # Ctrl-C landing on the first instruction of no_grad's __exit__ would leave gradients off for the
+    # rest of the session (it did, in 1.3% of the interrupts tests/test_patch_interrupts.py sends).
+    mats = [f.detach().to(dtype) for f in factors(adapter, block, weight)]
+    ln = adapter.ln_before(block, weight) if fold_ln else None
+    if ln is not None and ln.weight is not None:
+        gain = ln.weight.detach().to(dtype)
+        mats[0] = gain.unsqueeze(-1) * mats[0]  # diag(gamma) @ (read side)
+        if weight == "QK":
+            mats[1] = mats[1] * gain  # the key side reads the same normalised stream: W_K.T @ diag(gamma)
+    res = None
+    if method == "exact" and len(mats) == 1:
+        with busy(f"SVD of block {block} {weight} {list(mats[0].shape)} ({str(dtype).replace('torch.', '')})",
+                  enabled=_slow(mats[0])):
+            U, S, V = dense_svd(mats[0])
+    elif method == "exact":
+        U, S, V = factored_svd(*mats)
+    elif method == "auto":
+        U, S, V, method, res = lowrank.auto_svd(mats, k)  # records the route it took
+    else:
+        U, S, V = lowrank.top_svd(mats, adapter.rank(weight) if k is None else k, method)
+        res = lowrank.residual(mats, U, S, V)
+    U, V = fix_signs(U, V, DEFAULT_SIDE[weight])
     return SVD(U, S, V, block, weight, None, fold_ln, method, res)
+
+
+# A dense SVD costs about m*n*min(m, n) multiply-adds. Measured on this project's 2-core CPU,
+# float64: 768x3072 (1.8e9) 0.6 s, 4096x16384 (2.7e11) 83 s. From 5e9 (a few seconds) on, a single
+# call shows that it is running (surgery.progress.busy); GPT-2-sized weights and smaller stay silent.
+_SLOW_SVD = 5e9
+
+
+def _slow(M: torch.Tensor) -> bool:
+    m, n = M.shape[-2:]
+    return M.numel() * min(m, n) >= _SLOW_SVD
 
 
 def dense_svd(M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -15,14 +15,12 @@ what it was and the Parameter objects are the same.
 from __future__ import annotations
 
 import math
-import signal
-import threading
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 
 import torch
 
 from adapters import Adapter, wrap
+from surgery.core import interrupts
 from surgery.core.decomposition import (
     DEFAULT_SIDE,
     base_of,
@@ -32,6 +30,7 @@ from surgery.core.decomposition import (
     decompose,
     factors,
 )
+from surgery.core.interrupts import critical, interruptible
 from surgery.core.state import state
 from surgery.errors import SurgeryError
 from surgery.names import OPS
@@ -39,7 +38,31 @@ from surgery.names import OPS
 
 @dataclass(frozen=True)
 class Edit:
-    """One edit of one weight's singular triples."""
+    """One edit of one weight's singular triples: the spec `patch` and `Patch` apply.
+
+    block: transformer block, 0..n_blocks-1.
+    weight: "K" (MLP in, `[d_model, d_mlp]`), "V" (MLP out, `[d_mlp, d_model]`), or per head
+        "OV" (`W_V @ W_O`) and "QK" (`W_Q @ W_K.T`), each `[d_model, d_model]` of rank d_head.
+    idx: the singular triple, 0 = largest singular value (ignored by op="keep_top").
+    head: the attention head, 0..n_heads-1; required for OV and QK, refused for K and V.
+    op: what happens to triple `idx`:
+        "constant" (the study's edit) the vector on `side` becomes `value * ones` (not unit norm);
+        "zero" the triple is removed; "scale" its singular value is multiplied by `value`;
+        "replace" the vector on `side` becomes `value` (a vector of that side's length);
+        "keep_top" only triples 0..value-1 are kept.
+    value: the op's number or vector: constant's scalar (default 1/d_model, the study's 1/128),
+        scale's factor, replace's vector, keep_top's k; none for zero.
+    side: "in" (read side, the columns of U) or "out" (write side, the columns of V); default the
+        residual-facing side: K in, V out, OV out, QK in.
+
+    Example (an edit as data: several at once, stored, or validated before a long run):
+
+    >>> edits = [Edit(block=1, weight="K", idx=0), Edit(block=0, weight="OV", head=0, idx=2, op="zero")]
+    >>> with patch(model, edits):
+    ...     pass
+    >>> validate_edit(model, Edit(block=1, weight="K")).value   # defaults filled in: 1/d_model
+    0.0078125
+    """
 
     block: int
     weight: str
@@ -60,7 +83,36 @@ class Edit:
 
 def patch(model, block=None, weight=None, idx: int = 0, head: int | None = None, op: str = "constant",
           value=None, side: str | None = None) -> "Patch":
-    """A reversible edit as a context manager; `block` may instead be a list of Edit or dict specs."""
+    """A reversible edit of singular triples, as a context manager: the weights are edited on entry
+    and restored bitwise on exit, whatever ends the block (an exception, Ctrl-C at any instant).
+
+    model: a loaded model (`surgery.load(...)`) or a raw Hugging Face / TransformerLens model.
+    block, weight, idx, head, op, value, side: one edit, as the fields of `Edit` (see
+        `help(surgery.Edit)`): block number; "K", "V", "OV" or "QK"; the triple (0 = largest);
+        the head (OV and QK); "constant" (default, the study's edit), "zero", "scale", "replace"
+        or "keep_top"; the op's value; "in" or "out" (default: the residual-facing side).
+        `block` may instead be a list of `Edit`s or dicts with those fields: applied together,
+        each computed from the unedited weights.
+
+    Everything is checked before any weight changes (a SurgeryError names what is valid). Patches
+    nest last-in-first-out; the edit is a rank-1 update of one weight (a factor of OV/QK), and the
+    restore copies the saved slice back (docs/core.md). Returns a `Patch` (also usable as
+    `p.apply()` ... `p.revert()`).
+
+    Examples:
+
+    >>> W = model.model.encoder.h[1].mlp.c_fc.weight
+    >>> before = W.detach().clone()
+    >>> with patch(model, block=1, weight="K", idx=0):      # the study's edit: u_0 := (1/128) * ones
+    ...     torch.equal(W, before)
+    False
+    >>> torch.equal(W, before)                               # restored bitwise
+    True
+    >>> with patch(model, block=0, weight="OV", head=0, idx=3, op="scale", value=0.5):
+    ...     pass
+    >>> with patch(model, [dict(block=1, weight="K", idx=0, op="zero"), dict(block=2, weight="V", idx=1)]):
+    ...     pass
+    """
     if isinstance(block, (list, tuple)):
         if weight is not None:
             raise SurgeryError("give either a list of edits or one edit's block/weight/..., not both")
@@ -71,9 +123,26 @@ def patch(model, block=None, weight=None, idx: int = 0, head: int | None = None,
 class Patch:
     """Edits applied together: `with Patch(...)`, or `p.apply()` ... `p.revert()` in a notebook.
 
+    model: a loaded model or a raw Hugging Face / TransformerLens model.
+    edits: `Edit`s, or dicts with Edit's fields (block, weight, idx, head, op, value, side); each
+        is checked (SurgeryError naming what is valid) before anything changes, and two edits of
+        the same triple are refused. Every update is computed from the weights as they are at
+        `apply`, not from each other's results.
+
     Nested patches must exit last-in-first-out. Exiting one out of order reverts every patch
     applied after it too (so the weights are still restored exactly), then raises RuntimeError.
     One thread at a time may hold patches on a model: another thread's apply waits.
+    A Ctrl-C at any instant of a `with` block leaves the weights bitwise restored (docs/core.md).
+    `p.active` says whether it is applied; a reverted patch can be applied again.
+
+    Example (a notebook, where one `with` cannot span cells):
+
+    >>> p = Patch(model, [Edit(block=1, weight="K", idx=0)]).apply()
+    >>> p.active
+    True
+    >>> p.revert()
+    >>> p.active
+    False
     """
 
     def __init__(self, model, edits):
@@ -85,65 +154,97 @@ class Patch:
         self._saved: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._versions: dict[int, tuple[torch.Tensor, int, int]] = {}
         self._svds: dict = {}
+        self._token = None  # what interrupts.uninstall needs when this patch is reverted
         self.active = False
 
     def __repr__(self) -> str:
         state = "applied" if self.active else "not applied"
         return f"Patch({', '.join(map(repr, self.edits))}; {state})"
 
-    def __enter__(self) -> "Patch":
-        return self.apply()
+    # apply and revert are `critical` (surgery/core/interrupts.py): a Ctrl-C landing anywhere in
+    # them, their first instruction included, is held until the line `released = True` and raised
+    # by `interrupts.settle()` right after it. They are `__enter__` and `__exit__` themselves, so no
+    # instruction of a wrapper lies between the `with` statement and them.
 
-    def __exit__(self, *exc) -> None:
-        self.revert()
-
+    @critical
     def apply(self) -> "Patch":
-        """Apply every edit (computed from the weights as they are now); returns self."""
+        """Apply every edit (computed from the weights as they are now); returns self.
+
+        All or nothing: on any exception, a Ctrl-C during it included, the weights are restored
+        and the lock released before it propagates.
+        """
         if self.active:
+            released = True  # noqa: F841  (the SIGINT handler reads it in this frame: see core/interrupts.py)
+            interrupts.settle()
             raise RuntimeError("this patch is already applied; revert it first")
-        state(self.adapter).lock.acquire()
-        saved: list[tuple[torch.Tensor, torch.Tensor]] = []
+        token = interrupts.install()
+        lock = state(self.adapter).lock
+        locked, saved, befores = False, [], {}
         try:
-            # Compute every update before changing anything, so edits of one weight do not see each other.
-            pending = [u for per_edit in self.plan() for u in per_edit]
-            befores = {id(base_of(t)): (base_of(t), canonical_version(self.adapter, t)) for t, _, _ in pending}
-            # The SVDs of the weights as they are; put back on revert (nested patches evict them).
-            svds = {k: entry for k, entry in state(self.adapter).svd_cache.items() if any(s[0] in befores for s in entry[0])}
-            # A Ctrl-C during the edit is delivered at the end of this block and rolls the edit back below.
-            with _interrupts_deferred(), torch.no_grad():
+            interrupts.acquire(lock)
+            locked = True
+            pending, befores, svds = _prepare(self.adapter, self.plan())
+            with torch.no_grad():
                 for target, left, right in pending:
                     saved.append((target, _save(self.adapter, target)))
                     _add_product(target, left, right)
-                self._saved, self._svds = saved, svds
-                self._versions = {k: (b, v, b._version) for k, (b, v) in befores.items()}
-                state(self.adapter).patch_stack.append(self)
-                self.active = True
+            self._saved, self._svds, self._token = saved, svds, token
+            self._versions = {k: (b, v, b._version) for k, (b, v) in befores.items()}
+            state(self.adapter).patch_stack.append(self)
+            self.active = True
+            released = True  # a Ctrl-C from here on is raised where it lands, and rolled back below
+            interrupts.settle()  # as is one held until now
             return self
         except BaseException:
+            released = False  # held again while rolling back (nothing above is a check point)
             if self.active:
                 state(self.adapter).patch_stack.remove(self)
                 self.active = False
-            with _interrupts_deferred(), torch.no_grad():
+            with torch.no_grad():
                 _restore_saved(self.adapter, saved)
-            self._saved, self._versions, self._svds = [], {}, {}
-            state(self.adapter).lock.release()
+            for base, before in befores.values():  # bitwise as before: their cached SVDs stay valid
+                state(self.adapter).version_aliases[(id(base), base._version)] = before
+            self._saved, self._versions, self._svds, self._token = [], {}, {}, None
+            if locked:
+                lock.release()
+            interrupts.uninstall(token)
+            released = True  # noqa: F841  (the SIGINT handler reads it in this frame: see core/interrupts.py)
+            interrupts.settle()
             raise
 
-    def revert(self) -> None:
-        """Restore the weights bitwise; reverting a patch that is not applied does nothing."""
-        if not self.active:
-            return
-        stack = state(self.adapter).patch_stack
-        out_of_order = stack[-1] is not self
-        with _interrupts_deferred():  # a Ctrl-C must not stop the unwinding half-way
+    @critical
+    def revert(self, *exc_info) -> None:
+        """Restore the weights bitwise; reverting a patch that is not applied does nothing.
+
+        `exc_info` is ignored: it is there because `revert` is also `__exit__`.
+        """
+        token = interrupts.install()  # (the `with` body may have replaced the handler)
+        unwound = []
+        try:
+            if not self.active:
+                return
+            stack = state(self.adapter).patch_stack
+            out_of_order = stack[-1] is not self
             while True:  # unwind everything applied after this patch, then this patch
                 top = stack.pop()
+                unwound.append(top)
                 top._restore()
                 if top is self:
                     break
-        if out_of_order:
-            raise RuntimeError("patches exited out of order (they must nest last-in-first-out); the weights "
-                               "were restored by also reverting the patches applied after this one")
+            if out_of_order:
+                raise RuntimeError("patches exited out of order (they must nest last-in-first-out); the "
+                                   "weights were restored by also reverting the patches applied after this one")
+        finally:
+            tokens = [token] + [p._token for p in unwound]  # the innermost install first
+            for p in unwound:
+                p._token = None
+            for t in tokens:
+                interrupts.uninstall(t)
+            released = True  # noqa: F841  (the SIGINT handler reads it in this frame: see core/interrupts.py)
+            interrupts.settle()
+
+    __enter__ = apply
+    __exit__ = revert
 
     def save(self, directory, *, overwrite: bool = False):
         """Write this patch (not applied) to a folder that `surgery.load_patch` reads back (surgery.core.saved)."""
@@ -163,7 +264,7 @@ class Patch:
             # patches one weight again and again decomposes it once).
             untouched = [(b, before) for b, before, after_apply in self._versions.values()
                          if canonical_version(self.adapter, b) == after_apply]
-            with _interrupts_deferred(), torch.no_grad():
+            with torch.no_grad():
                 _restore_saved(self.adapter, self._saved)
             for base, before in untouched:
                 state(self.adapter).version_aliases[(id(base), base._version)] = before
@@ -171,6 +272,23 @@ class Patch:
         finally:
             self._saved, self._versions, self._svds, self.active = [], {}, {}, False
             state(self.adapter).lock.release()
+
+
+@interruptible
+def _prepare(adapter: Adapter, plan) -> tuple[list, dict, dict]:
+    """Everything apply needs, computed before anything changes (an interrupt here is raised at once).
+
+    `plan` is the patch's updates per edit (`Patch.plan`: computed from the weights as they are now,
+    so edits of one weight do not see each other; a loaded patch's saved factors). Also the versions
+    of the tensors they change, and the cached SVDs of those weights, put back on revert (nested
+    patches evict them).
+    """
+    pending = [u for per_edit in plan for u in per_edit]
+    befores = {id(base_of(t)): (base_of(t), canonical_version(adapter, t)) for t, _, _ in pending}
+    # (a set, not any(generator): a generator dropped half-way is finalised, and a Ctrl-C landing in its
+    # finaliser would be printed as "Exception ignored" and lost)
+    svds = {k: entry for k, entry in state(adapter).svd_cache.items() if {s.id for s in entry[0]} & befores.keys()}
+    return pending, befores, svds
 
 
 def as_edit(spec) -> Edit:
@@ -329,25 +447,3 @@ def _add_product(target: torch.Tensor, left: torch.Tensor, right: torch.Tensor) 
             target.addmm_(left.to(target), right.to(target))
     else:  # bf16/fp16: form the sum in float32 so the update is not rounded to 8 bits before adding
         target.copy_(torch.addmm(target.float(), left.float().to(target.device), right.float().to(target.device)))
-
-
-_deferring = threading.local()
-
-
-@contextmanager
-def _interrupts_deferred():
-    """Hold Ctrl-C until a weight edit or restore is complete, then deliver it."""
-    # Only the main thread receives signals; an enclosing deferral already holds them.
-    if threading.current_thread() is not threading.main_thread() or getattr(_deferring, "on", False):
-        yield
-        return
-    pending = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(frame))
-    _deferring.on = True
-    try:
-        yield
-    finally:
-        _deferring.on = False
-        signal.signal(signal.SIGINT, previous)
-        if pending and callable(previous):
-            previous(signal.SIGINT, pending[0])

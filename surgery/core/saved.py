@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from adapters import Adapter, wrap
-from surgery.core.decomposition import base_of, canonical_version, factors
+from surgery.core.decomposition import ContentStamp, base_of, canonical_version, factors
 from surgery.core.patching import Edit, Patch
 from surgery.core.state import state
 from surgery.errors import SurgeryError, load_first
@@ -76,7 +76,7 @@ class SavedPatch(Patch):
         """Refuse a tensor whose contents differ from the hash saved for it."""
         base = base_of(target)
         # The version counter alone misses `model.to(dtype)`: it swaps the data and keeps id and version.
-        now = (canonical_version(self.adapter, base), base.data_ptr(), base.dtype, base.device)
+        now = ContentStamp(base, canonical_version(self.adapter, base))
         if self._checked.get(id(base)) == now:
             return
         _check_tensor(self.adapter, base, saved_name, self._tensors[saved_name], self.path)

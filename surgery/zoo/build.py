@@ -9,9 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
+from surgery import runlock
 from surgery.behaviour.envs import env_info
 from surgery.behaviour.metadata import DTMetadata
 from surgery.errors import SurgeryError
+from surgery.files import write_atomic
 from surgery.zoo import cards, datasets
 from surgery.zoo.specs import ZooSpec, spec
 
@@ -63,28 +65,48 @@ def data_seed(level: str, seed: int) -> int:
 
 
 def build(name: str, opts: BuildOptions, log=print) -> Path:
-    """Run every unfinished stage for one zoo model; returns the finished model directory."""
+    """Run every unfinished stage for one zoo model; returns the finished model directory.
+
+    Every finished stage's record is checked before anything runs, so a refusal changes nothing;
+    the build directory is locked for the run (a second build of it is refused, naming this one).
+    A stage that runs invalidates the later stages (they were built from its old output).
+    """
     s = spec(name)
     root = Path(opts.out) / s.name
     stages = (("expert", stage_expert), ("data", stage_data), ("train", stage_train), ("model", stage_model))
     if opts.stop_after not in (None, *STAGES):
         raise SurgeryError(f"unknown stage {opts.stop_after!r}; valid stages: {', '.join(STAGES)}")
-    for stage, fn in stages:
+    _check_markers(root, opts)
+    with runlock.hold(root):
+        _check_markers(root, opts)  # again, now that no other build can be writing them
+        for i, (stage, fn) in enumerate(stages):
+            marker, record = root / f".{stage}.done", _stage_options(stage, opts)
+            if marker.is_file():
+                log(f"[{s.name}] {stage}: done earlier, skipped ({root / stage})")
+            else:
+                for later in STAGES[i + 1:]:
+                    (root / f".{later}.done").unlink(missing_ok=True)
+                log(f"[{s.name}] {stage} ...")
+                fn(s, root, opts)
+                write_atomic(marker, json.dumps(record) + "\n")  # written last, so an interrupted stage reruns
+            if stage == opts.stop_after:
+                break
+    return root / (opts.stop_after or "model")
+
+
+def _check_markers(root: Path, opts: BuildOptions) -> None:
+    """Refuse, before anything is written, a build directory holding a stage built with other options."""
+    for stage in STAGES[: STAGES.index(opts.stop_after or STAGES[-1]) + 1]:
         marker, record = root / f".{stage}.done", _stage_options(stage, opts)
         if marker.is_file():
-            earlier = json.loads(marker.read_text())
+            try:
+                earlier = json.loads(marker.read_text())
+            except ValueError:
+                earlier = f"an unreadable record ({marker})"
             if earlier != record:
                 raise SurgeryError(
                     f"{root} holds a {stage} stage built with {earlier}, not {record}; "
                     f"use another --out, or delete {marker} (and the later stages' markers) to rebuild")
-            log(f"[{s.name}] {stage}: done earlier, skipped ({root / stage})")
-        else:
-            log(f"[{s.name}] {stage} ...")
-            fn(s, root, opts)
-            marker.write_text(json.dumps(record) + "\n")  # written last, so an interrupted stage reruns
-        if stage == opts.stop_after:
-            break
-    return root / (opts.stop_after or "model")
 
 
 def _stage_options(stage: str, opts: BuildOptions) -> dict:

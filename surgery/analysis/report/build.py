@@ -57,7 +57,8 @@ class Report:
 
 # ---- what goes in ---------------------------------------------------------------------------------
 def findings(loc: Location, embedding: str, n: int = 10, k: int = 3) -> list[dict]:
-    """The n most significant singular vectors for a set, each with its k top and bottom labels."""
+    """The n most significant singular vectors for a set, each with its k top and bottom labels
+    (or, for a set of fewer than 2k labels, every label once: key "all")."""
     rec = loc.alignment.records.where(embedding=embedding)
     out = []
     for r in loc.ranking.where(embedding=embedding).head(n).rows():
@@ -65,9 +66,7 @@ def findings(loc: Location, embedding: str, n: int = 10, k: int = 3) -> list[dic
                          side=r["side"], idx=r["idx"])
         r = dict(r)
         r["where"] = where(r["block"], r["weight"], r["head"], r["side"])
-        for tail in ("top", "bottom"):
-            t = mine.where(tail=tail).sort("rank").head(k)
-            r[tail] = list(zip(t["label"].tolist(), t["cos"].tolist()))
+        r.update(F.tails(mine, k))  # top and bottom, or "all" when the set has fewer than 2k labels
         out.append(r)
     return out
 
@@ -164,16 +163,19 @@ def _summary_rows(loc: Location) -> tuple[list[str], list[list[str]]]:
 
 
 def _finding_rows(loc: Location, name: str) -> tuple[list[str], list[list]]:
+    found = findings(loc, name)
+    few = any("all" in f for f in found)  # a set of fewer than 2k labels: one column, each label once
     head = ["where", "idx", "σ", "best label", "cos", "p", "p_adj", "z", "gap", "identifiable", "span |proj|",
-            "span label", "span p_adj", "most positive", "most negative"]
+            "span label", "span p_adj"]
+    head += ["cos with every label"] if few else ["most positive", "most negative"]
     rows = []
-    for f in findings(loc, name):
+    for f in found:
         ident = "yes" if f["identifiable"] else group_cell(f).split(":")[0]
         span = f["subspace_cos"]
         rows.append([f["where"], str(f["idx"]), f"{f['singular_value']:.3g}", F.visible(f["label"]), f["cos"],
                      _fmt_p(f["p"]), f["p_adj"], f"{f['z']:.1f}", _fmt_gap(f["rel_gap"]), ident,
                      "-" if span is None else f"{span:.3f}", F.visible(f["subspace_label"] or "-"),
-                     _fmt_p(f["subspace_p_adj"]), f["top"], f["bottom"]])
+                     _fmt_p(f["subspace_p_adj"]), *([f["all"]] if few else [f["top"], f["bottom"]])])
     return head, rows
 
 
@@ -226,14 +228,42 @@ def _table_html(head, rows, alpha: float | None = None) -> str:
     return "\n".join(out) + "</table>"
 
 
+def _anchor(name: str) -> str:
+    """An HTML id for a section (embedding set names are identifiers, but a plug-in's may not be)."""
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in name)
+
+
+FIGURE_TITLES = {"overview": "every weight x every set", "several_sets": "the strongest weight x several sets",
+                 "spectra": "singular values", "scatter": "singular value vs best |cos|",
+                 "heatmap": "heatmap of the strongest weight", "topk": "labels of the strongest weight"}
+
+
+def _toc_html(loc: Location, figs: dict) -> str:
+    """The table of contents: the summary and its figures, then each embedding set and its parts."""
+    def link(anchor: str, text: str) -> str:
+        return f"<a href='#{anchor}'>{html.escape(text)}</a>"
+
+    top = [link("summary", "Summary")]
+    top += [link(f"fig-{n}", FIGURE_TITLES[n]) for n in ("overview", "several_sets", "spectra") if n in figs]
+    items = [f"<li>{top[0]}" + (f" ({', '.join(top[1:])})" if top[1:] else "") + "</li>"]
+    for name in loc.alignment.settings.embeddings:
+        a = _anchor(name)
+        parts = [link(f"{a}-vectors", "most significant vectors")]
+        parts += [link(f"fig-{_anchor(f'{name}_{n}')}", FIGURE_TITLES[n]) for n in ("scatter", "heatmap", "topk")
+                  if f"{name}_{n}" in figs]
+        items.append(f"<li>{link(a, name)} ({', '.join(parts)})</li>")
+    return "<nav id='contents'><h2>Contents</h2><ul>" + "".join(items) + "</ul></nav>"
+
+
 def _figure_html(figs: dict, name: str) -> str:
     if name not in figs:
         return ""
     data, caption = figs[name]
+    anchor = f"fig-{_anchor(name)}"
     if data is None:
-        return f'<p class="muted">{html.escape(caption)}</p>'
+        return f'<p class="muted" id="{anchor}">{html.escape(caption)}</p>'
     b64 = base64.b64encode(data).decode()
-    return (f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{b64}">'
+    return (f'<figure id="{anchor}"><img alt="{html.escape(name)}" src="data:image/png;base64,{b64}">'
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
@@ -248,15 +278,17 @@ def _html(loc: Location, model_name: str, figs: dict, elapsed) -> str:
              f"<p>{html.escape(repr(a.adapter))}</p>",
              f"<p>Searched {html.escape(searched(loc))}. {html.escape(settings_line(loc))}{timing}</p>",
              f"<p>{html.escape(ties_line(loc))}</p>",
-             "<h2>Summary</h2>", _table_html(head, rows),
+             _toc_html(loc, figs),
+             "<h2 id='summary'>Summary</h2>", _table_html(head, rows),
              "<div class='answer'>" + html.escape(str(loc)) + "</div>",
              f"<p class='muted'>{html.escape(HOW_TO_READ)}</p>",
              _figure_html(figs, "overview"), _figure_html(figs, "several_sets"), _figure_html(figs, "spectra")]
     for name in a.settings.embeddings:
         fh, fr = _finding_rows(loc, name)
-        parts += [f"<h2 id='{html.escape(name)}'>{html.escape(name)}</h2>",
+        parts += [f"<h2 id='{_anchor(name)}'>{html.escape(name)}</h2>",
                   "<div class='answer'>" + html.escape(describe(loc, name)) + "</div>",
-                  "<h3>Most significant singular vectors</h3>", _table_html(fh, fr, loc.alpha),
+                  f"<h3 id='{_anchor(name)}-vectors'>Most significant singular vectors</h3>",
+                  _table_html(fh, fr, loc.alpha),
                   _figure_html(figs, f"{name}_scatter"), _figure_html(figs, f"{name}_heatmap"),
                   _figure_html(figs, f"{name}_topk")]
     parts.append("<p class='muted'>Files: summary.csv, weights.csv, vectors.csv, groups.csv, alignment.csv, "
@@ -294,8 +326,10 @@ def _markdown(loc: Location, model_name: str, figs: dict, elapsed) -> str:
     a = loc.alignment
     timing = f" Analysis took {elapsed:.2f} s." if elapsed is not None else ""
     head, rows = _summary_rows(loc)
+    toc = "\n".join(["Contents:", "- [Summary](#summary)"] +
+                     [f"- [{_md_escape(n)}](#{_anchor(n).lower()})" for n in a.settings.embeddings])
     parts = [f"# SVD alignment report: {model_name}", f"`{a.adapter!r}`",
-             f"Searched {searched(loc)}. {settings_line(loc)}{timing}", ties_line(loc), "## Summary",
+             f"Searched {searched(loc)}. {settings_line(loc)}{timing}", ties_line(loc), toc, "## Summary",
              _md_table(head, rows),
              "```\n" + str(loc) + "\n```", HOW_TO_READ,
              _md_figure(figs, "overview"), _md_figure(figs, "several_sets"), _md_figure(figs, "spectra")]

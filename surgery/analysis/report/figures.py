@@ -48,9 +48,30 @@ def _cos_limit(values) -> float:
 
 
 # ---- top-k table ---------------------------------------------------------------------------------
+def tails(records, k: int) -> dict:
+    """The labels to show for one singular vector's records, each label once.
+
+    {"top": k labels of highest cos, "bottom": k of lowest} when the set has at least 2k labels;
+    with fewer the two ends would share labels, so {"all": every label, by cos, highest first}.
+    Each entry is a list of (label, cos).
+    """
+    pairs = {}
+    for tail in ("top", "bottom"):
+        t = records.where(tail=tail).sort("rank")
+        pairs.update(zip(t["label"].tolist(), t["cos"].tolist()))
+    if len(pairs) < 2 * k:
+        return {"all": sorted(pairs.items(), key=lambda lc: -lc[1])}
+    out = {}
+    for tail in ("top", "bottom"):
+        t = records.where(tail=tail).sort("rank").head(k)
+        out[tail] = list(zip(t["label"].tolist(), t["cos"].tolist()))
+    return out
+
+
 def topk_table(alignment, embedding: str, block: int, weight: str, head: int | None = None, side: str | None = None,
                vectors: int = 8, k: int = 5):
-    """The study's top-k table: per singular vector, its most positive and most negative labels, coloured by cos."""
+    """The study's top-k table: per singular vector, its most positive and most negative labels, coloured by cos
+    (every label once, by cos, when the set has fewer than 2k)."""
     from surgery.core.decomposition import DEFAULT_SIDE
 
     side = side or DEFAULT_SIDE[weight]
@@ -59,25 +80,27 @@ def topk_table(alignment, embedding: str, block: int, weight: str, head: int | N
     idxs = sorted(set(r["idx"].tolist()))[:vectors]
     if not idxs:
         raise SurgeryError(f"no records for {embedding} at {where(block, weight, head, side)}; was it in the alignment?")
-    k = min(k, int(r["rank"].max()))
     cmap = mpl.colormaps["RdBu_r"]
     lim = _cos_limit(r["cos"])
     cells, colors, dark, row_labels = [], [], [], []
     for i in idxs:
         mine = r.where(idx=i)
         row_labels.append(f"#{i}  σ={mine['singular_value'][0]:.3g}")
+        shown = tails(mine, k)
         row, col = [], []
-        for tail in ("top", "bottom"):
-            t = mine.where(tail=tail).sort("rank")
-            for j in range(k):
-                c = t["cos"][j]
-                row.append(f"{display_label(t['label'][j], 14)}\n{c:+.2f}")
-                col.append(cmap(0.5 + 0.5 * c / lim))
-                dark.append((len(cells), len(row) - 1) if abs(c) > 0.6 * lim else None)
+        for label, c in shown.get("all") or shown["top"] + shown["bottom"]:
+            row.append(f"{display_label(label, 14)}\n{c:+.2f}")
+            col.append(cmap(0.5 + 0.5 * c / lim))
+            dark.append((len(cells), len(row) - 1) if abs(c) > 0.6 * lim else None)
         cells.append(row)
         colors.append(col)
-    cols = [f"top {j + 1}" for j in range(k)] + [f"bottom {j + 1}" for j in range(k)]
-    fig, ax = _subplots(figsize=(1.25 * 2 * k + 1.5, 0.55 * len(idxs) + 1.0))
+    if "all" in shown:
+        n = len(shown["all"])
+        cols, title = [f"{j + 1}" for j in range(n)], f"all {n} labels, highest cos first"
+    else:
+        cols, title = [f"top {j + 1}" for j in range(k)] + [f"bottom {j + 1}" for j in range(k)], \
+            f"top {k} and bottom {k} labels"
+    fig, ax = _subplots(figsize=(1.25 * len(cols) + 1.5, 0.55 * len(idxs) + 1.0))
     ax.axis("off")
     table = ax.table(cellText=cells, cellColours=colors, rowLabels=row_labels, colLabels=cols, loc="center",
                      cellLoc="center")
@@ -86,7 +109,7 @@ def topk_table(alignment, embedding: str, block: int, weight: str, head: int | N
     for rc in filter(None, dark):  # white text on the darkest cells
         table[rc[0] + 1, rc[1]].get_text().set_color("white")
     table.scale(1, 2.0)
-    ax.set_title(f"{embedding} vs {where(block, weight, head, side)}: top {k} and bottom {k} labels", fontsize=9)
+    ax.set_title(f"{embedding} vs {where(block, weight, head, side)}: {title}", fontsize=9)
     return fig
 
 
