@@ -23,6 +23,8 @@ _EXPORTS = {
     "alignment": "surgery.analysis.alignment", "locate": "surgery.analysis.localisation",
     "EvalResult": "surgery.behaviour.evaluation", "evaluate": "surgery.behaviour.evaluation",
     "evaluate_pair": "surgery.behaviour.evaluation",
+    "atlas": "surgery.experiments.atlas", "Atlas": "surgery.experiments.atlas",
+    "AtlasSettings": "surgery.experiments.settings",
     "SurgeryError": "surgery.errors",
 }
 _MODULES = ("stats",)
@@ -37,6 +39,8 @@ if TYPE_CHECKING:  # what editors and type checkers see through the lazy exports
     from surgery.behaviour.evaluation import EvalResult, evaluate, evaluate_pair
     from surgery.core.decomposition import SVD, decompose
     from surgery.core.patching import Edit, Patch, patch
+    from surgery.experiments.atlas import Atlas, atlas
+    from surgery.experiments.settings import AtlasSettings
     from surgery.errors import SurgeryError
     from surgery.loading import load
 

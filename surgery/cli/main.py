@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "surgery.cli.zoo",
     "surgery.cli.evaluate",
     "surgery.cli.experiments",
+    "surgery.cli.atlas",
     "surgery.cli.lm",
 )
 
