@@ -44,12 +44,12 @@ def test_the_report_is_written_and_a_rerun_resumes_without_running_again(balance
         assert (tmp_path / name).stat().st_size > 0
     assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporary files behind
 
-    from surgery.behaviour.evaluation import _Lockstep
+    from surgery.behaviour.rollout import _Engine
 
     def no_more_episodes(*args, **kwargs):
         raise AssertionError("a finished experiment ran episodes again")
 
-    monkeypatch.setattr(_Lockstep, "run", no_more_episodes)
+    monkeypatch.setattr(_Engine, "run", no_more_episodes)
     again = edit_eval(balancer, edit, out=tmp_path, **RUN)
     assert again.baseline.records == first.baseline.records and again.edited.records == first.edited.records
 

@@ -149,6 +149,7 @@ def test_a_killed_validate_resumes_and_the_counts_add_up(tmp_path, capsys):
     proc = subprocess.Popen([sys.executable, "-c", CLI, *args], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     deadline = time.time() + 120
+    # Baseline and edits run as lanes of one batch: the aligned edits' episodes end first (the pole falls).
     while time.time() < deadline and proc.poll() is None:  # wait until one of the four edits is done
         counts = _counts(out) if out.exists() else {}
         if any(k.startswith("edits") and len(v) == 6 for k, v in counts.items()):
@@ -158,7 +159,8 @@ def test_a_killed_validate_resumes_and_the_counts_add_up(tmp_path, capsys):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     before = _counts(out)
-    assert before["baseline"] == list(range(6)) and len(before) < 5  # the baseline and some edits, not all four
+    finished = sum(len(v) for v in before.values())
+    assert 6 <= finished < 5 * 6  # an edit's episodes and not all of the baseline's and four edits' episodes
     assert main(args) == 0  # the same command again, here: it resumes
     after = _counts(out)
     assert len(after) == 5 and all(rows == list(range(6)) for rows in after.values())

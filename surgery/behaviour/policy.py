@@ -10,13 +10,26 @@ read from the module's own live parameters, but:
 Derived weights (transposed copies for the fused kernels, casts to bfloat16) are cached per
 parameter, keyed on its identity and version counter, so an in-place edit (a `patch`) is seen
 at the next forward.
+
+Lanes: built with `edits=` (a `LaneEdits`), a forward takes `lanes=` [B], each row's edit index
+(-1 = unedited), and adds each edited row's low-rank delta `(x @ L_e) @ R_e` to the output of
+every Conv1D it changes (surgery/behaviour/lanes.py), grouped per parameter: the rows of the
+lanes that edit the parameter are gathered, multiplied by their stacked L and R in two bmm's and
+added back. In the folded last block a delta to c_attn is applied term by term (see
+`_last_block`). Rows with lane -1 go through exactly the arithmetic of a forward without lanes
+(bitwise); without any edited row the forward IS that forward, no extra work.
 """
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from surgery.errors import SurgeryError
+
+if TYPE_CHECKING:
+    from surgery.behaviour.lanes import LaneEdits
 
 __all__ = ["DTPolicy", "forward_flops"]
 
@@ -42,7 +55,8 @@ _ONEDNN = torch.backends.mkldnn.is_available() and _onednn_linear_works()
 class DTPolicy:
     """Batched action outputs (tanh'd actions or logits) of a DecisionTransformerModel."""
 
-    def __init__(self, model, dtype: torch.dtype = torch.float32, fused: bool | None = None):
+    def __init__(self, model, dtype: torch.dtype = torch.float32, fused: bool | None = None,
+                 edits: "LaneEdits | None" = None):
         if not dtype.is_floating_point:
             raise SurgeryError(f"dtype must be a floating-point torch dtype, got {dtype}")
         config = model.config
@@ -60,6 +74,45 @@ class DTPolicy:
         self.fused = (_ONEDNN and on_cpu and dtype in (torch.float32, torch.bfloat16)) if fused is None else fused
         self._softmax_dtype = torch.promote_types(dtype, torch.float32)
         self._cache: dict[tuple[int, bool], tuple[torch.Tensor, int, torch.Tensor]] = {}
+        self.edits = edits
+        self._stacks = {} if edits is None else self._lane_stacks(edits)
+
+    def _lane_stacks(self, edits: "LaneEdits") -> dict:
+        """id(parameter) -> the edits' stacked deltas to it, for every Conv1D weight some edit changes."""
+        if edits.model is not self.model:
+            raise SurgeryError("the lane edits were computed for another model object than this policy's")
+        convs = {}
+        for block in self.model.encoder.h:
+            for conv in (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj):
+                convs[id(conv.weight)] = conv.weight
+        stacks = {}
+        for name, p in edits.touched().items():
+            if id(p) not in convs:
+                raise SurgeryError(f"an edit changes {name}, which the lane forward does not apply; lanes edit the "
+                                   "blocks' Conv1D weights (attn.c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj)")
+            stacks[id(p)] = edits.stacked(name, self.dtype, self.device)
+        return stacks
+
+    def _lane_rows(self, lanes, B: int) -> "_LaneRows | None":
+        """Per edited parameter, the rows whose lane edits it and their deltas; None when no row has an edit."""
+        lanes = torch.as_tensor(lanes, dtype=torch.long).cpu()
+        n = 0 if self.edits is None else len(self.edits)
+        if lanes.shape != (B,):
+            raise SurgeryError(f"lanes must hold one edit index per row: shape ({B},), got {tuple(lanes.shape)}")
+        if B and (int(lanes.min()) < -1 or int(lanes.max()) >= n):
+            raise SurgeryError(f"lane edit indices must be -1 (unedited) or 0..{n - 1} (the policy's {n} edits), "
+                               f"got {lanes.min().item()}..{lanes.max().item()}")
+        if not B or int(lanes.max()) < 0:
+            return None
+        self.edits.check_current()
+        rows = {}
+        for pid, st in self._stacks.items():
+            slot = st.slot[lanes.to(st.slot.device)]  # [B]: each row's index into the stack, -1 = leaves it alone
+            sel = (slot >= 0).nonzero().squeeze(1)
+            if len(sel):
+                idx = slot[sel]
+                rows[pid] = (sel, st.left[idx], st.right[idx])  # [n], [n, d_in, r], [n, r, d_out]
+        return _LaneRows(B, rows) if rows else None
 
     def _scaling(self, layer: int) -> float:
         config = self.model.config
@@ -79,33 +132,37 @@ class DTPolicy:
         self._cache[key] = (p, p._version, derived)
         return derived
 
-    def _conv1d(self, x: torch.Tensor, conv, act: str = "none", add: torch.Tensor | None = None, cols=None):
-        """HF Conv1D (weight [in, out]) on rows x, optionally ReLU'd or added to a residual; cols slices outputs."""
+    def _conv1d(self, x: torch.Tensor, conv, act: str = "none", add: torch.Tensor | None = None,
+                lanes: "_LaneRows | None" = None):
+        """HF Conv1D (weight [in, out]) on rows x, optionally ReLU'd or added to a residual, plus lane deltas."""
+        delta = None if lanes is None else lanes.get(conv.weight)
+        if delta is not None:  # the delta enters before the activation
+            y = self._conv1d(x, conv, add=add)
+            lanes.add(y, x, delta)
+            return F.relu_(y) if act == "relu" else y
         if self.fused:
             w, b = self._w(conv.weight, transpose=True), self._w(conv.bias)
-            if cols is not None:
-                w, b = w[cols], b[cols]
             if add is not None:
                 return torch.ops.mkldnn._linear_pointwise.binary(x, add, w, b, "add")
             return torch.ops.mkldnn._linear_pointwise(x, w, b, act, [], "")
         w, b = self._w(conv.weight), self._w(conv.bias)
-        if cols is not None:
-            w, b = w[:, cols], b[cols]
         y = torch.addmm(b, x, w) if add is None else torch.addmm(add + b, x, w)
         return F.relu_(y) if act == "relu" else y
 
     @torch.no_grad()
     def __call__(self, states, actions, returns_to_go, timesteps, attention_mask=None,
-                 out_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                 out_dtype: torch.dtype = torch.float32, lanes=None) -> torch.Tensor:
         """Outputs at the last state token of windows shaped as HF's forward takes them: [B, act_dim].
 
         states [B, L, state_dim], actions [B, L, act_dim] or [B, L-1, act_dim] (a_t is never read),
         returns_to_go [B, L, 1], timesteps [B, L] (or [L], shared by all rows),
-        attention_mask [B, L] (1 = real, 0 = left padding) or None.
+        attention_mask [B, L] (1 = real, 0 = left padding) or None,
+        lanes [B]: each row's edit, an index into the policy's `edits` or -1 (unedited); None = all -1.
         """
         m, w, dt, dev = self.model, self._w, self.dtype, self.device
         states, actions, returns_to_go = (t.to(dev, dt) for t in (states, actions, returns_to_go))
         B, L, _ = states.shape
+        lane = None if lanes is None else self._lane_rows(lanes, B)
         H, S = self.hidden, 3 * L - 1
         time = F.embedding(timesteps.to(dev), w(m.embed_timestep.weight))
         tokens = torch.empty(B, L, 3, H, dtype=dt, device=dev)
@@ -133,8 +190,8 @@ class DTPolicy:
 
         blocks = list(enc.h)
         for layer, block in enumerate(blocks[:-1]):
-            x = self._block(block, x, B, S, layer, bias)
-        x = self._last_block(blocks[-1], x, B, S, len(blocks) - 1, last_bias)
+            x = self._block(block, x, B, S, layer, bias, lane)
+        x = self._last_block(blocks[-1], x, B, S, len(blocks) - 1, last_bias, lane)
         x = F.layer_norm(x, (H,), w(enc.ln_f.weight), w(enc.ln_f.bias), self.eps)
         head = m.predict_action[0]
         out = F.linear(x, w(head.weight), w(head.bias))
@@ -153,46 +210,80 @@ class DTPolicy:
         # softmax in at least float32: more exact, and 4x faster than bfloat16's on CPU.
         return torch.matmul(torch.softmax(scores, dim=-1, dtype=self._softmax_dtype).to(v.dtype), v)
 
-    def _mlp(self, block, x: torch.Tensor) -> torch.Tensor:
+    def _mlp(self, block, x: torch.Tensor, lanes=None) -> torch.Tensor:
         """x + c_proj(act(c_fc(ln_2(x)))) on rows [N, H]."""
         w = self._w
         h = F.layer_norm(x, (self.hidden,), w(block.ln_2.weight), w(block.ln_2.bias), self.eps)
         if isinstance(block.mlp.act, torch.nn.ReLU):
-            h = self._conv1d(h, block.mlp.c_fc, act="relu")
+            h = self._conv1d(h, block.mlp.c_fc, act="relu", lanes=lanes)
         else:
-            h = block.mlp.act(self._conv1d(h, block.mlp.c_fc))
-        return self._conv1d(h, block.mlp.c_proj, add=x)
+            h = block.mlp.act(self._conv1d(h, block.mlp.c_fc, lanes=lanes))
+        return self._conv1d(h, block.mlp.c_proj, add=x, lanes=lanes)
 
-    def _block(self, block, x: torch.Tensor, B: int, S: int, layer: int, bias) -> torch.Tensor:
+    def _block(self, block, x: torch.Tensor, B: int, S: int, layer: int, bias, lanes=None) -> torch.Tensor:
         """A full GPT-2 block over every position (causal); x is [B*S, H]."""
         w, H = self._w, self.hidden
         h = F.layer_norm(x, (H,), w(block.ln_1.weight), w(block.ln_1.bias), self.eps)
-        q, k, v = (self._heads(t, B, S) for t in self._conv1d(h, block.attn.c_attn).split(H, dim=1))
+        q, k, v = (self._heads(t, B, S) for t in self._conv1d(h, block.attn.c_attn, lanes=lanes).split(H, dim=1))
         a = self._attend(q, k, v, bias, self._scaling(layer))
         a = a.transpose(1, 2).reshape(B * S, H)
-        x = self._conv1d(a, block.attn.c_proj, add=x)
-        return self._mlp(block, x)
+        x = self._conv1d(a, block.attn.c_proj, add=x, lanes=lanes)
+        return self._mlp(block, x, lanes)
 
-    def _last_block(self, block, x: torch.Tensor, B: int, S: int, layer: int, last_bias) -> torch.Tensor:
+    def _last_block(self, block, x: torch.Tensor, B: int, S: int, layer: int, last_bias, lanes=None) -> torch.Tensor:
         """The last block at the last (state) token only.
 
         Keys and values are never formed: with h = ln_1(x), q . (h_j Wk + bk) = h_j . (Wk q) + q . bk, where
         the last term is the same for every j and cancels in the softmax; and sum_j p_j (h_j Wv + bv) =
         (sum_j p_j h_j) Wv + bv because the p_j sum to one. Equal up to rounding, and S times less work.
+
+        A lane's delta L R to c_attn (W + L R, L [H, r], R [r, 3H] = Rq | Rk | Rv) is applied term by term:
+        q += (h_last L) Rq; Wk q += L (Rk q) per head, which changes every score h_j . (Wk q) exactly as
+        the edited keys would; and the attention output += ((sum_j p_j h_j) L) Rv per head.
         """
         w, H, nh, hd = self._w, self.hidden, self.heads, self.head_dim
         h = F.layer_norm(x, (H,), w(block.ln_1.weight), w(block.ln_1.bias), self.eps).view(B, S, H)
         W, b = w(block.attn.c_attn.weight), w(block.attn.c_attn.bias)  # [H, 3H]: q | k | v columns
-        q = torch.addmm(b[:H], h[:, -1], W[:, :H]).view(B, nh, hd)
+        delta = None if lanes is None else lanes.get(block.attn.c_attn.weight)
+        q = torch.addmm(b[:H], h[:, -1], W[:, :H])
+        if delta is not None:
+            sel, L, R = delta  # [n], [n, H, r], [n, r, 3H]
+            n, r = L.shape[0], L.shape[2]
+            Rq, Rk, Rv = (t.reshape(n, r, nh, hd) for t in R.split(H, dim=2))
+            q.index_add_(0, sel, torch.bmm(torch.bmm(h[sel, -1:], L), R[:, :, :H]).view(n, H))
+        q = q.view(B, nh, hd)
         q_in = torch.einsum("bnd,ind->bni", q, W[:, H:2 * H].view(H, nh, hd))  # Wk q, per head: [B, nh, H]
+        if delta is not None:
+            rk_q = torch.einsum("nhd,nrhd->nhr", q[sel], Rk)  # Rk q per head: [n, nh, r]
+            q_in.index_add_(0, sel, torch.bmm(rk_q, L.transpose(1, 2)))  # + L (Rk q): [n, nh, H]
         scores = torch.bmm(q_in, h.transpose(1, 2)).mul_(self._scaling(layer))  # [B, nh, S]
         if last_bias is not None:
             scores = scores.add_(last_bias.view(B, 1, S))
         p = torch.softmax(scores, dim=-1, dtype=self._softmax_dtype).to(h.dtype)
         mixed = torch.bmm(p, h)  # sum_j p_j h_j per head: [B, nh, H]
         a = torch.einsum("bni,ind->bnd", mixed, W[:, 2 * H:].view(H, nh, hd)).reshape(B, H) + b[2 * H:]
-        x = self._conv1d(a, block.attn.c_proj, add=x.view(B, S, H)[:, -1])
-        return self._mlp(block, x)
+        if delta is not None:
+            mixed_l = torch.bmm(mixed[sel], L)  # (sum_j p_j h_j) L per head: [n, nh, r]
+            a.index_add_(0, sel, torch.einsum("nhr,nrhd->nhd", mixed_l, Rv).reshape(n, H))
+        x = self._conv1d(a, block.attn.c_proj, add=x.view(B, S, H)[:, -1], lanes=lanes)
+        return self._mlp(block, x, lanes)
+
+
+class _LaneRows:
+    """One forward's lanes: per edited parameter, (rows that edit it [n], their L [n, d_in, r], R [n, r, d_out])."""
+
+    def __init__(self, batch: int, rows: dict):
+        self.batch, self.rows = batch, rows
+
+    def get(self, param: torch.Tensor):
+        return self.rows.get(id(param))
+
+    def add(self, y: torch.Tensor, x: torch.Tensor, delta) -> None:
+        """y += (x @ L) @ R on the selected rows; x [B*T, d_in] and y [B*T, d_out] hold T tokens per row."""
+        sel, L, R = delta
+        B = self.batch
+        xs = x.reshape(B, -1, x.shape[-1])[sel]  # [n, T, d_in]
+        y.view(B, -1, y.shape[-1]).index_add_(0, sel, torch.bmm(torch.bmm(xs, L), R))  # + [n, T, d_out]
 
 
 def forward_flops(config, context_len: int) -> dict[str, int]:

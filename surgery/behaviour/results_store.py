@@ -20,7 +20,7 @@ from pathlib import Path
 
 from surgery.errors import SurgeryError
 
-__all__ = ["ResultsStore", "fingerprint", "RESULTS_FILE"]
+__all__ = ["ResultsStore", "fingerprint", "stored_spec", "RESULTS_FILE"]
 
 RESULTS_FILE = "episodes.sqlite"
 SCHEMA_VERSION = 1
@@ -45,6 +45,22 @@ def _columns(record_type) -> list[tuple[str, type, bool]]:
             raise TypeError(f"field {f.name}: {hint} cannot be stored; use int, float, bool or str (optionally | None)")
         cols.append((f.name, base, nullable))
     return cols
+
+
+def stored_spec(path: str | Path) -> dict | None:
+    """The spec a results file was made for, read without changing it; None if there is no such readable file."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            row = conn.execute("SELECT value FROM experiment WHERE name = 'spec'").fetchone()
+        finally:
+            conn.close()
+        return None if row is None else json.loads(row[0])
+    except (sqlite3.DatabaseError, json.JSONDecodeError):
+        return None  # ResultsStore says what is wrong with it
 
 
 class ResultsStore:

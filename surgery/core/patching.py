@@ -18,7 +18,7 @@ import math
 import signal
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
@@ -49,6 +49,13 @@ class Edit:
     value: object = None
     side: str | None = None
     """"in" (read side, U) or "out" (write side, V); default: the residual-facing side (K: in, V: out, OV: out, QK: in)."""
+
+    def to_dict(self) -> dict:
+        """The fields as JSON-able values (a `replace` vector as a list): for fingerprints and reports."""
+        d = asdict(self)
+        if hasattr(d["value"], "tolist"):
+            d["value"] = d["value"].tolist()
+        return d
 
 
 def patch(model, block=None, weight=None, idx: int = 0, head: int | None = None, op: str = "constant",
@@ -98,13 +105,13 @@ class Patch:
         saved: list[tuple[torch.Tensor, torch.Tensor]] = []
         try:
             # Compute every update before changing anything, so edits of one weight do not see each other.
-            updates = [u for e in self.edits for u in _updates(self.adapter, e)]
-            befores = {id(base_of(t)): (base_of(t), canonical_version(self.adapter, t)) for t, _, _ in updates}
+            pending = [u for e in self.edits for u in updates(self.adapter, e)]
+            befores = {id(base_of(t)): (base_of(t), canonical_version(self.adapter, t)) for t, _, _ in pending}
             # The SVDs of the weights as they are; put back on revert (nested patches evict them).
             svds = {k: entry for k, entry in state(self.adapter).svd_cache.items() if any(i in befores for i, _ in entry[0])}
             # A Ctrl-C during the edit is delivered at the end of this block and rolls the edit back below.
             with _interrupts_deferred(), torch.no_grad():
-                for target, left, right in updates:
+                for target, left, right in pending:
                     saved.append((target, _save(self.adapter, target)))
                     _add_product(target, left, right)
                 self._saved, self._svds = saved, svds
@@ -241,8 +248,17 @@ def _check_disjoint(adapter: Adapter, edits) -> None:
         seen.setdefault(where, set()).update(idx)
 
 
-def _updates(adapter: Adapter, e: Edit) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """The low-rank update `target += left @ right` that realises one edit, as (target, left, right)."""
+def updates(model, e: Edit) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The low-rank update `target += left @ right` that realises one edit, as (target, left, right).
+
+    The single source of truth for what an edit does: `Patch` applies these, and the lane engine
+    (`surgery.behaviour.lanes`) adds them to a forward instead. `e` must be validated
+    (`validate_edit`); the update is computed from the weights as they are now. `target` is a live
+    view of one parameter ([d_in, d_out], possibly transposed); left [rows of target, r] and
+    right [r, columns of target] are in the SVD's dtype (float64 on the CPU). Empty for an edit
+    that changes nothing (keep_top of every triple).
+    """
+    adapter = wrap(model)
     svd = decompose(adapter, e.block, e.weight, head=e.head)
     r = _indices(adapter, e)
     if not r:  # keep_top(rank) keeps everything

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from surgery import stats
-from surgery.behaviour.evaluation import EvalResult, evaluate_pair
+from surgery.behaviour.evaluation import EvalResult, Run, evaluate_runs
 from surgery.core.patching import Patch, as_edit, validate_edit
 from surgery.experiments import edits as edit_specs
 from surgery.experiments.output import adapter_with_metadata, fmt, fmt_p, model_identity
@@ -150,10 +150,12 @@ def edit_eval(model, edit, *, episodes: int = 200, seed: int = 0, target_return:
     adapter = adapter_with_metadata(model, "edit_eval")
     specs = list(edit) if isinstance(edit, (list, tuple)) else [edit]
     edit_list = [validate_edit(adapter, as_edit(e)) for e in specs]
-    patch = Patch(adapter.model, edit_list)  # validates every edit before anything runs
-    run = dict(episodes=episodes, seed=seed, target_return=target_return, dtype=dtype, max_steps=max_steps,
-               progress=progress)
-    baseline, edited = evaluate_pair(adapter, patch, out=out, **run)
+    Patch(adapter.model, edit_list)  # validates the edits together (no triple edited twice) before anything runs
+    where = (None, None) if out is None else (Path(out) / "baseline", Path(out) / "edited")
+    # Baseline and edited episodes as lanes of one batched rollout (the edit is never patched in).
+    baseline, edited = evaluate_runs(adapter, [Run(out=where[0]), Run(edit_list, where[1])],
+                                     episodes, seed, target_return, dtype=dtype, progress=progress,
+                                     max_steps=max_steps, desc="edit-eval: baseline + edited")
     result = EditEvaluation(
         edits=edit_list, baseline=baseline, edited=edited, comparison=stats.compare(baseline, edited),
         model=model_identity(adapter, source),

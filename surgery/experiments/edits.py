@@ -1,18 +1,13 @@
 """Edits as experiment specs: human labels, directory names, JSON tags."""
 from __future__ import annotations
 
-from dataclasses import asdict
-
 from surgery.core.patching import Edit
 from surgery.names import SIDE_WORDS
 
 
 def tag(edit: Edit) -> dict:
     """A JSON-able description of the edit, stored in the results fingerprint."""
-    d = asdict(edit)
-    if hasattr(d["value"], "tolist"):
-        d["value"] = d["value"].tolist()
-    return d
+    return edit.to_dict()
 
 
 def label(edit: Edit) -> str:

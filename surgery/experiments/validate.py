@@ -2,8 +2,9 @@
 
 Claim: editing the singular vectors most aligned with the action output embedding makes the
 agent fail, while similar edits elsewhere do not. Test: edit each of the `top` vectors that
-`surgery.locate` ranks most aligned, and matched controls (`selection.choose_targets`), one at a
-time; evaluate every edit on the same seeds as one shared baseline; measure each edit's damage
+`surgery.locate` ranks most aligned, and matched controls (`selection.choose_targets`), each alone;
+evaluate every edit on the same seeds as one shared baseline (all of them lanes of one batched
+rollout, surgery/behaviour/rollout.py); measure each edit's damage
 with a paired test, correct across edits, and correlate alignment with damage.
 """
 from __future__ import annotations
@@ -15,8 +16,8 @@ from pathlib import Path
 import torch
 
 from surgery import stats
-from surgery.behaviour.evaluation import EvalResult, evaluate, weights_sha256
-from surgery.core.patching import Patch, validate_edit
+from surgery.behaviour.evaluation import EvalResult, Run, evaluate_runs, weights_sha256
+from surgery.core.patching import validate_edit
 from surgery.errors import SurgeryError
 from surgery.experiments import edits as edit_specs
 from surgery.experiments import verdict as verdicts
@@ -135,8 +136,6 @@ def validate(model, embedding: str = "action_out", *, top: int = 5, controls: in
     out: a directory; every finished episode of every run is stored there as it ends (one SQLite
     store per edit, one baseline), so rerunning the same call resumes where it stopped.
     """
-    from tqdm.auto import tqdm
-
     if op not in REMOVAL_OPS:
         raise SurgeryError(f"op={op!r} is not a validate edit; valid: {', '.join(map(repr, REMOVAL_OPS))}")
     if op == "zero" and value is not None:
@@ -155,28 +154,19 @@ def validate(model, embedding: str = "action_out", *, top: int = 5, controls: in
         "max_steps": max_steps, "alpha": alpha, "correction": correction,
     }
     targets = _plan(adapter, settings, out)
-    run = dict(episodes=episodes, seed=seed, target_return=target_return, dtype=dtype, max_steps=max_steps,
-               progress=progress)
-    bar = tqdm(total=len(targets) + 1, desc="validate: runs", unit="run", disable=not progress, dynamic_ncols=True,
-               position=0)
-    try:
-        bar.set_postfix_str("baseline")
-        baseline = evaluate(adapter, out=None if out is None else out / "baseline", **run)
-        bar.update(1)
-        outcomes = []
-        counters = dict.fromkeys(GROUPS, 0)
-        for i, t in enumerate(targets):
-            counters[t.group] += 1
-            name = f"{PREFIX[t.group]}{counters[t.group]}"
-            edit = validate_edit(adapter, t.edit(op, settings["value"]))
-            bar.set_postfix_str(f"{name} {edit_specs.short_label(edit)}")
-            where = None if out is None else out / "edits" / f"{i:02d}-{name}-{edit_specs.slug(edit)}"
-            with Patch(adapter.model, [edit]):
-                result = evaluate(adapter, out=where, tag=edit_specs.tag(edit), **run)
-            outcomes.append(EditOutcome(name, t, edit, result, stats.compare(baseline, result)))
-            bar.update(1)
-    finally:
-        bar.close()
+    names, edits, runs = [], [], [Run(out=None if out is None else out / "baseline")]
+    counters = dict.fromkeys(GROUPS, 0)
+    for i, t in enumerate(targets):
+        counters[t.group] += 1
+        names.append(f"{PREFIX[t.group]}{counters[t.group]}")
+        edits.append(validate_edit(adapter, t.edit(op, settings["value"])))
+        where = None if out is None else out / "edits" / f"{i:02d}-{names[-1]}-{edit_specs.slug(edits[-1])}"
+        runs.append(Run([edits[-1]], where, edit_specs.tag(edits[-1])))
+    # One shared baseline and every edit as lanes of one batched rollout: no patching, one pass.
+    baseline, *results = evaluate_runs(adapter, runs, episodes, seed, target_return, dtype=dtype, progress=progress,
+                                       max_steps=max_steps, desc=f"validate: baseline + {len(edits)} edits")
+    outcomes = [EditOutcome(name, t, edit, result, stats.compare(baseline, result))
+                for name, t, edit, result in zip(names, targets, edits, results)]
     returns = [o.comparison.difference.p_permutation for o in outcomes]
     failures = [o.comparison.failures.p_mcnemar for o in outcomes]
     for raw, attr in ((returns, "p_adj"), (failures, "p_adj_failures")):
