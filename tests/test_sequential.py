@@ -98,7 +98,7 @@ def test_family_wise_error_under_the_null_with_a_shared_baseline(kind):
         naive_errors += sum(min(t.p) <= 0.05 for t in seq.tracks)
     se = np.sqrt(alpha * (1 - alpha) / reps)
     assert any_rejected / reps <= alpha + 3 * se
-    # Each p* is a valid p-value: P(p* <= u) <= u (Monte Carlo error over reps * m draws, dependent through the baseline).
+    # Each p* is a valid p-value: P(p* <= u) <= u (Monte Carlo error: reps * m draws, dependent via the baseline).
     p_star = np.array(p_star)
     for u in (0.05, 0.1, 0.2):
         assert np.mean(p_star <= u) <= u + 4 * np.sqrt(u / reps)

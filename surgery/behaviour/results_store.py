@@ -64,7 +64,7 @@ def stored_spec(path: str | Path) -> dict | None:
 
 
 class ResultsStore:
-    """Finished episodes of one experiment, keyed by an integer field (the episode index) or several ((edit, episode))."""
+    """Finished episodes of one experiment, keyed by an integer field (the episode) or several ((edit, episode))."""
 
     def __init__(self, path: str | Path, spec: dict, record_type, key: str | tuple[str, ...] = "episode"):
         self.path = Path(path)
@@ -109,11 +109,13 @@ class ResultsStore:
         return conn
 
     def _create(self, conn: sqlite3.Connection) -> None:
-        cols = ", ".join(f"{name} {_SQL_TYPES[t]}{'' if nullable else ' NOT NULL'}" for name, t, nullable in self.columns)
+        cols = ", ".join(f"{name} {_SQL_TYPES[t]}{'' if nullable else ' NOT NULL'}"
+                         for name, t, nullable in self.columns)
         # Schema and identity are created in one transaction: a crash leaves an empty file, never half a header.
         conn.execute("BEGIN IMMEDIATE")
         conn.execute("CREATE TABLE experiment (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        conn.execute(f"CREATE TABLE episodes ({cols}, finished_at REAL NOT NULL, PRIMARY KEY ({', '.join(self._keys)}))")
+        key = ", ".join(self._keys)
+        conn.execute(f"CREATE TABLE episodes ({cols}, finished_at REAL NOT NULL, PRIMARY KEY ({key}))")
         conn.executemany(
             "INSERT INTO experiment VALUES (?, ?)",
             [("schema_version", str(SCHEMA_VERSION)), ("fingerprint", self.fingerprint),
@@ -152,7 +154,8 @@ class ResultsStore:
     def finished(self) -> dict:
         """The records already stored, by key (a tuple of the key fields' values for a composite key)."""
         names = [c[0] for c in self.columns]
-        rows = self._conn.execute(f"SELECT {', '.join(names)} FROM episodes ORDER BY {', '.join(self._keys)}").fetchall()
+        order = ", ".join(self._keys)
+        rows = self._conn.execute(f"SELECT {', '.join(names)} FROM episodes ORDER BY {order}").fetchall()
         out = {}
         for row in rows:
             values = {n: (None if v is None else t(v)) for (n, t, _), v in zip(self.columns, row)}

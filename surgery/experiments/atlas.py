@@ -1,4 +1,4 @@
-"""`surgery.atlas`: every singular triple's effect on behaviour, against one shared baseline, and whether alignment predicts it.
+"""`surgery.atlas`: every singular triple's effect on behaviour against one shared baseline; does alignment predict it?
 
     atlas = surgery.atlas(model, weights=("K", "V"), op="zero", episodes=50, out="runs/atlas")
     atlas.rows                        # one row per edited triple: size, alignment, damage, tests
@@ -19,6 +19,7 @@ import json
 import math
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -62,17 +63,24 @@ class Atlas:
     """Embedding set -> the |cos| a vector must reach to be aligned beyond chance."""
     warnings: list = field(default_factory=list)
     files: dict = field(default_factory=dict)
+    _claims: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __repr__(self) -> str:
         n_sig = int(np.sum(self.rows["significant"])) if len(self.rows) else 0
         return (f"Atlas({self.model['model']}: {len(self.rows)} edits of {', '.join(self.settings.weights)}, op "
                 f"{self.settings.op}; {n_sig} change the return significantly)")
 
-    def claim(self, embedding: str | None = None, bins: int = 4, seed: int = 0):
-        """The study's claim on every edit: does |cos| with `embedding` predict damage, beyond size? (`Claim`)."""
+    def claim(self, embedding: str | None = None, per_bin: int = 20, seed: int = 0):
+        """The study's claim on every edit: does |cos| with `embedding` predict damage, beyond size? (`Claim`).
+
+        per_bin: vectors per bin of singular value for the within-size comparison. seed: of the bootstraps.
+        """
         from surgery.experiments.claim import claim
 
-        return claim(self, embedding or self.settings.embedding, bins=bins, seed=seed)
+        key = (embedding or self.settings.embedding, per_bin, seed)
+        if key not in self._claims:  # bootstraps over thousands of edits: computed once per question
+            self._claims[key] = claim(self, key[0], per_bin=per_bin, seed=seed)
+        return self._claims[key]
 
     def to_csv(self, path=None) -> str:
         return self.rows.to_csv(path)
@@ -202,21 +210,18 @@ class _Sweep:
     """One atlas run: the store, the model reference, the stages, and the rows at the end."""
 
     def __init__(self, adapter, s: AtlasSettings, edits, out, runner, progress: bool, source, metadata_file):
-        from surgery.behaviour.evaluation import _env_factory, weights_sha256
+        from surgery.behaviour.evaluation import weights_sha256
+        from surgery.behaviour.rollout import prepare
         from surgery.experiments.sequential import Design, schedule
 
         self.adapter, self.s, self.edits, self.runner, self.progress = adapter, s, edits, runner, progress
         self.out = None if out is None else Path(out)
         if self.out is not None and self.out.exists() and not self.out.is_dir():
             raise SurgeryError(f"out={str(self.out)!r} exists and is not a directory")
-        md = adapter.metadata
         self.source, self.metadata_file = source, metadata_file
-        _, self.env_id, env_limit, self.env_identity = _env_factory(None, md, None)
-        target = md.target_returns[0] if s.target_return is None else float(s.target_return)
-        if target is None:
-            raise SurgeryError("no target_return given and the metadata lists no target_returns")
-        self.time_limit = s.max_steps or env_limit or md.max_ep_len
-        self.s = s = replace(s, target_return=float(target), value=edits[0].value)
+        setting = prepare(adapter, target_return=s.target_return, max_steps=s.max_steps)
+        self.env_id, self.env_identity, self.time_limit = setting.env_id, setting.env_identity, setting.time_limit
+        self.s = s = replace(s, target_return=setting.target_return, value=edits[0].value)
         self.design = Design(schedule(s.episodes, s.looks), len(edits), s.alpha, s.futility, s.correction)
         self.sha = weights_sha256(adapter.model)
         self.warnings = []
@@ -228,14 +233,13 @@ class _Sweep:
 
     # -- identity and storage --
     def spec(self) -> dict:
-        from surgery.behaviour.evaluation import ENGINE_VERSION, SEED_SCHEME
-        from surgery.experiments.distribute import _engine
+        from surgery.behaviour.evaluation import EDIT_ENGINE, ENGINE_VERSION, SEED_SCHEME
 
         md, config = self.adapter.metadata, self.adapter.model.config
         settings = {k: v for k, v in dataclasses.asdict(self.s).items() if k != "embedding"}
         return {
             "experiment": "atlas", "atlas_version": ATLAS_VERSION, "engine_version": ENGINE_VERSION,
-            "engine": _engine().__module__, "weights_sha256": self.sha,
+            "edit_engine": EDIT_ENGINE, "weights_sha256": self.sha,
             "model": {k: getattr(config, k, None) for k in (
                 "activation_function", "layer_norm_epsilon", "action_tanh", "n_head",
                 "scale_attn_weights", "scale_attn_by_inverse_layer_idx")},
@@ -281,7 +285,8 @@ class _Sweep:
         where = (self.out if self.out is not None else tmp) / MODEL_DIR
         saved = where.is_dir() and (where / "config.json").is_file()
         if not (saved and weights_sha256(load(where).model) == self.sha):
-            save_checkpoint(self.adapter.model, self.adapter.metadata, where)
+            with _no_hub_progress_bars():
+                save_checkpoint(self.adapter.model, self.adapter.metadata, where)
         return ModelRef(str(where.resolve()), self.sha, None)
 
     # -- the stages --
@@ -307,7 +312,7 @@ class _Sweep:
     def _stages(self, seq, done: dict, store, ref) -> dict:
         """Run stage after stage; returns env steps taken now, by edit (-1: baseline)."""
         from surgery import progress as progress_bar
-        from surgery.experiments.distribute import Rollout, Task
+        from surgery.experiments.distribute import Rollout
 
         d, s = self.design, self.s
         rollout = Rollout(s.seed, s.target_return, s.max_steps, s.dtype, s.lanes)
@@ -398,6 +403,20 @@ class _MemoryStore:
 
     def close(self) -> None:
         pass
+
+
+@contextmanager
+def _no_hub_progress_bars():
+    """transformers draws a bar for writing one small shard: not in the middle of the atlas's own."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
 
 
 def _edits_hash(edits) -> str:

@@ -50,7 +50,8 @@ def _lines_head(a) -> list[str]:
         f"design: {d.describe()}",
         f"baseline: return {ret.value:.1f} [{ret.low:.1f}, {ret.high:.1f}] over {len(a.baseline.records)} episodes, "
         f"failed {fail.failures}/{fail.episodes}",
-        f"cost: {c['episodes']} episodes of the {c['episodes_fixed_design']} a fixed design plays ({100 * share:.0f}%), "
+        f"cost: {c['episodes']} episodes of the {c['episodes_fixed_design']} a fixed design plays "
+        f"({100 * share:.0f}%), "
         f"{c['env_steps']:,} environment steps"
         + (f", {wall / 60:.1f} min" if wall is not None else "") + f", {c['where']}; stopped: "
         + ", ".join(f"{n} {why}" for why, n in c["stopped"].items()),

@@ -6,8 +6,11 @@ triples carry more of a weight, and in the shipped models the most aligned vecto
 the largest. Criteria (alpha is the atlas's):
   1. damage rises with alignment: Spearman's rho of |cos| against damage over all edits has its
      (bootstrap) confidence interval above 0;
-  2. beyond size: within bins of singular value (quantiles within each weight type, so vectors of
-     about the same size are compared), the pooled rho has its interval above 0;
+  2. beyond size: both size-adjusted measures have their intervals above 0: the pooled rho within
+     bins of singular value (about `per_bin` vectors of one weight type each, so only vectors of about
+     the same size are compared) and the partial rho holding the singular value fixed. Either alone
+     can be fooled: coarse bins leave size differences inside each bin, and the partial rho assumes
+     a roughly linear relation between the ranks; tests/test_atlas.py plants both cases.
   3. aligned vectors are the damaging ones: among vectors aligned beyond chance (alignment p_adj
      below the alignment's alpha), significantly damaging edits are over-represented (Fisher's
      exact test, one-sided p < alpha).
@@ -103,13 +106,13 @@ class Claim:
     """Weight type -> its own Claim (when the atlas has several)."""
 
 
-def claim(atlas, embedding: str = "action_out", bins: int = 4, seed: int = 0, weights=None) -> Claim:
+def claim(atlas, embedding: str = "action_out", per_bin: int = 20, seed: int = 0, weights=None) -> Claim:
     """Test the claim on `atlas`'s rows (all weight types, and each on its own)."""
     if embedding not in atlas.embeddings:
         raise SurgeryError(f"embedding {embedding!r} has no alignment columns in this atlas; it has: "
                            f"{', '.join(atlas.embeddings)}")
-    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
-        raise SurgeryError(f"bins={bins!r} must be a positive integer")
+    if isinstance(per_bin, bool) or not isinstance(per_bin, int) or per_bin < 4:
+        raise SurgeryError(f"per_bin={per_bin!r} must be an integer of at least 4 (vectors per bin of singular value)")
     rows = atlas.rows
     mask = np.ones(len(rows), bool) if weights is None else np.isin(rows["weight"], list(weights))
     r = rows.take(mask)
@@ -124,24 +127,24 @@ def claim(atlas, embedding: str = "action_out", bins: int = 4, seed: int = 0, we
     damaging = (np.asarray(r["significant"], bool) & (np.asarray(r["damage"], float) > 0))[ok]
     boot = dict(method="bootstrap", n_resamples=RESAMPLES, seed=seed)
     rho, size = spearman(cos, damage, **boot), spearman(sv, damage, **boot)
-    strata, within = _within_bins(cos, damage, sv, weight, bins)
+    strata, within = _within_bins(cos, damage, sv, weight, per_bin)
     table = _table(aligned, damaging)
     kinds = tuple(dict.fromkeys(weight.tolist()))
     out = _judge(embedding, kinds, len(cos), rho, size, partial_spearman(cos, damage, sv),
                  partial_spearman(cos, damage, energy), within, tuple(strata), table, alpha, damaging.any())
     if weights is None and len(kinds) > 1:
-        per = {w: claim(atlas, embedding, bins, seed, weights=(w,)) for w in kinds}
+        per = {w: claim(atlas, embedding, per_bin, seed, weights=(w,)) for w in kinds}
         out = Claim(**{**out.__dict__, "per_weight": per})
     return out
 
 
-def _within_bins(cos, damage, sv, weight, bins: int):
-    """Spearman rho within quantile bins of singular value per weight type, pooled by Fisher's z."""
+def _within_bins(cos, damage, sv, weight, per_bin: int):
+    """Spearman rho within bins of about `per_bin` consecutive singular values per weight type, pooled by Fisher's z."""
     strata, zs, ws = [], [], []
     for w in dict.fromkeys(weight.tolist()):
         mine = np.flatnonzero(weight == w)
         order = mine[np.argsort(sv[mine], kind="stable")]
-        for part in np.array_split(order, min(bins, max(1, order.size // 5))):
+        for part in np.array_split(order, max(1, order.size // per_bin)):
             if part.size == 0:
                 continue
             c = spearman(cos[part], damage[part], n_resamples=99)  # the point value only; the pool has the CI
@@ -172,7 +175,7 @@ def _above(c: Correlation) -> bool:
 
 def _judge(embedding, weights, n, rho, size, partial_size, partial_energy, within, strata, table, alpha,
            any_damage) -> Claim:
-    c1, c2 = _above(rho), _above(within)
+    c1, c2 = _above(rho), _above(within) and _above(partial_size)
     testable_2x2 = table.aligned_damaging + table.aligned_harmless > 0
     c3 = testable_2x2 and table.p_fisher < alpha
     t = table
@@ -198,10 +201,10 @@ def _judge(embedding, weights, n, rho, size, partial_size, partial_energy, withi
     else:
         outcome = "not supported"
     which = "/".join(weights)
+    n_aligned, n_unaligned = t.aligned_damaging + t.aligned_harmless, t.unaligned_damaging + t.unaligned_harmless
     sentence = (f"{which}, {n} edits: |cos| with {embedding} vs damage {rho.describe('rho')}; within bins of "
-                f"singular value {within.describe('rho')}; {t.aligned_damaging}/{t.aligned_damaging + t.aligned_harmless}"
-                f" aligned and {t.unaligned_damaging}/{t.unaligned_damaging + t.unaligned_harmless} unaligned vectors "
-                f"significantly damaging: {outcome.upper()}")
+                f"singular value {within.describe('rho')}; {t.aligned_damaging}/{n_aligned} aligned and "
+                f"{t.unaligned_damaging}/{n_unaligned} unaligned vectors significantly damaging: {outcome.upper()}")
     if outcome == "not testable":
         sentence += " (no edit lowers the return significantly: there is no damage to predict)"
     return Claim(embedding, tuple(weights), n, rho, size, partial_size, partial_energy, within, strata, table, outcome,

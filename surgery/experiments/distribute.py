@@ -15,13 +15,14 @@ import logging
 import os
 import threading
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
-from surgery.behaviour.evaluation import EpisodeRecord
-from surgery.core.patching import Edit
+from surgery.behaviour.episodes import EpisodeRecord
 from surgery.errors import SurgeryError
+
+if TYPE_CHECKING:  # torch is imported where a task runs, not where the command line connects
+    from surgery.core.patching import Edit
 
 __all__ = ["ModelRef", "Rollout", "Task", "TaskResult", "EditEpisode", "run_task", "Runner", "EVENT_TOPIC"]
 
@@ -63,7 +64,7 @@ class Task:
 
     key: str
     model: ModelRef | None
-    edits: tuple[tuple[int, tuple[Edit, ...]], ...]
+    edits: tuple[tuple[int, tuple["Edit", ...]], ...]
     episodes: tuple[int, int]
     rollout: Rollout
 
@@ -86,15 +87,6 @@ class TaskResult:
 # ---- the worker side -----------------------------------------------------------------------------
 _MODELS: dict = {}
 _LOCK = threading.Lock()
-
-
-def _engine():
-    """The lane engine: the real one once it is merged, the patch-based stand-in until then."""
-    try:
-        from surgery.behaviour.rollout import run_lanes
-    except ImportError:
-        from surgery.experiments._standin_lanes import run_lanes
-    return run_lanes
 
 
 def _in_dask_worker() -> bool:
@@ -162,8 +154,10 @@ def run_task(task: Task, model=None, on_episode: Callable[[EditEpisode], None] |
         if report is not None:
             report(len(records))
 
+    from surgery.behaviour.rollout import run_lanes
+
     ro = task.rollout
-    stats = _engine()(adapter, [list(patch) for _, patch in edited], jobs, seed=ro.seed, on_finish=finish,
+    stats = run_lanes(adapter, [list(patch) for _, patch in edited], jobs, seed=ro.seed, on_finish=finish,
                       target_return=ro.target_return, max_steps=ro.max_steps, dtype=getattr(torch, ro.dtype),
                       lanes=ro.lanes)
     if report is not None:
@@ -225,8 +219,9 @@ class Runner:
             try:
                 self.client = Client(self.scheduler, timeout=f"{CONNECT_TIMEOUT_S}s")
             except (OSError, TimeoutError, ValueError) as e:
-                raise SurgeryError(f"cannot reach the Dask scheduler at {self.scheduler} "
-                                   f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no answer'})") from None
+                why = str(e).splitlines()[0] if str(e) else "no answer"
+                raise SurgeryError(f"cannot reach the Dask scheduler at {self.scheduler} ({type(e).__name__}: {why})"
+                                   ) from None
             self._own.append(self.client)
             return self
         n = self.workers or os.cpu_count() or 1

@@ -145,7 +145,8 @@ class Design:
         return float(2 * sps.norm.sf(hi))
 
     def describe(self) -> str:
-        stops = ", ".join(f"{n} pairs (futility if p > {self.futility_p(k):.2g})" for k, n in enumerate(self.looks[:-1]))
+        stops = ", ".join(f"{n} pairs (futility if p > {self.futility_p(k):.2g})"
+                          for k, n in enumerate(self.looks[:-1]))
         return (f"{self.K} looks at {', '.join(map(str, self.looks))} pairs; an edit stops for efficacy when "
                 f"{self.K} p <= alpha/m = {self.alpha:g}/{self.edits}, for futility when its conditional power "
                 f"is below {self.futility:g}" + (f" ({stops})" if stops else "") +
