@@ -105,3 +105,22 @@ def test_a_cluster_started_here_is_closed_on_an_interrupt():
             cluster = runner._own[0]
             raise KeyboardInterrupt
     assert runner.client is None and not runner._own and cluster.status.name == "closed"
+
+
+def test_workers_report_progress_while_a_task_runs(balancer, cluster, tmp_path):
+    """The bar moves inside long tasks: each worker tells the client every 2 s how many episodes it finished."""
+    from surgery.behaviour.checkpoint import save_checkpoint
+    from surgery.behaviour.evaluation import weights_sha256
+    from surgery.experiments.atlas import plan_edits
+    from surgery.experiments.settings import AtlasSettings
+
+    save_checkpoint(balancer.model, balancer.metadata, tmp_path)
+    ref = ModelRef(str(tmp_path), weights_sha256(balancer.model))
+    edits = plan_edits(balancer, AtlasSettings(weights=("K",), vectors=4, blocks=(1,)))
+    tasks = [Task(f"progress-{k}", ref, tuple((i, (e,)) for i, e in enumerate(edits)), (4 * k, 4 * k + 4),
+                  Rollout(0, 500.0, 400, "float32", 4)) for k in range(2)]
+    seen, results = [], {}
+    cluster.run(tasks, lambda task, result: results.__setitem__(task.key, result),
+                on_progress=lambda live: seen.append(dict(live)))
+    assert {k: len(r.records) for k, r in results.items()} == {t.key: 16 for t in tasks}
+    assert any(0 < n < 16 for live in seen for n in live.values()), seen  # counts from inside running tasks

@@ -149,13 +149,29 @@ def _resolve(settings: AtlasSettings | None, overrides: dict) -> AtlasSettings:
     return s
 
 
-def plan_edits(model, settings: AtlasSettings) -> list:
-    """The atlas's edits, one triple each, in a fixed order: weight, block, head, idx (validated, defaults filled)."""
+def plan_edits(model, settings: AtlasSettings, triples=None) -> list:
+    """The atlas's edits, one triple each, in a fixed order: weight, block, head, idx (validated, defaults filled).
+
+    triples: instead, exactly these (block, weight, idx, head) triples (head None for K and V), in this order.
+    """
     from adapters import wrap
     from surgery.analysis.alignment import _check_indices
     from surgery.core.patching import Edit, validate_edit
 
     adapter = wrap(model)
+    if triples is not None:
+        if any(getattr(settings, k) is not None for k in ("blocks", "heads", "vectors")):
+            raise SurgeryError("give either triples= or blocks/heads/vectors, not both")
+        edits = []
+        for t in triples:
+            try:
+                block, weight, idx, head = (*t, None) if len(t) == 3 else t
+            except (TypeError, ValueError):
+                raise SurgeryError(f"a triple is (block, weight, idx) or (block, weight, idx, head), got {t!r}") from None
+            edits.append(validate_edit(adapter, Edit(block, weight, idx, head, settings.op, settings.value)))
+        if len({(e.block, e.weight, e.head, e.idx) for e in edits}) != len(edits):
+            raise SurgeryError("a triple is listed more than once")
+        return edits
     blocks = _check_indices(settings.blocks, adapter.n_blocks, "block", "blocks")
     heads = _check_indices(settings.heads, adapter.n_heads, "head", "heads")
     edits = []
@@ -172,7 +188,8 @@ def plan_edits(model, settings: AtlasSettings) -> list:
 # ---- the run -------------------------------------------------------------------------------------
 def atlas(model, settings: AtlasSettings | None = None, *, out: str | Path | None = None, alignment=None,
           client=None, scheduler: str | None = None, workers: int | None = None, progress: bool = True,
-          source: str | Path | None = None, metadata_file: str | Path | None = None, **overrides) -> Atlas:
+          source: str | Path | None = None, metadata_file: str | Path | None = None, triples=None,
+          **overrides) -> Atlas:
     """Edit every singular triple of the chosen weights, one at a time, and measure what each does to behaviour.
 
     model: a loaded decision transformer with metadata (`surgery.load("hopper")`).
@@ -186,6 +203,8 @@ def atlas(model, settings: AtlasSettings | None = None, *, out: str | Path | Non
     source: the zoo name or checkpoint directory the model was loaded from; Dask workers load it from
         there (its weights must hash the same). Without it the model is saved once under out/model.
     metadata_file: the metadata JSON the model was loaded with, for a checkpoint without metadata.json.
+    triples: edit exactly these (block, weight, idx[, head]) triples instead of every triple of `weights`
+        (a sample; `weights` is then set to the weight types they cover).
     """
     from surgery.experiments.distribute import Runner
     from surgery.experiments.output import adapter_with_metadata
@@ -193,7 +212,9 @@ def atlas(model, settings: AtlasSettings | None = None, *, out: str | Path | Non
     start = time.perf_counter()
     s = _resolve(settings, dict(overrides))
     adapter = adapter_with_metadata(model, "atlas")
-    edits = plan_edits(adapter, s)
+    edits = plan_edits(adapter, s, triples)
+    if triples is not None:
+        s = replace(s, weights=tuple(dict.fromkeys(e.weight for e in edits)))
     if not edits:
         raise SurgeryError("no triples to edit: check weights, blocks, heads and vectors")
     # Everything the user could have got wrong is checked above; now connect (fail fast, before writing).
