@@ -30,6 +30,10 @@ class _Lines:
     def set_postfix_str(self, text: str, refresh: bool = False) -> None:
         self.postfix = text
 
+    def refresh(self) -> None:
+        """A line now if one is due (work that advances without finishing items, e.g. env steps)."""
+        self.update(0)
+
     def _line(self) -> None:
         elapsed = time.monotonic() - self.start
         done = f"{self.n}/{self.total}" if self.total else f"{self.n}"
@@ -58,6 +62,9 @@ class _Silent:
         pass
 
     def set_postfix_str(self, text: str, refresh: bool = False) -> None:
+        pass
+
+    def refresh(self) -> None:
         pass
 
     def close(self) -> None:

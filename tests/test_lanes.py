@@ -59,7 +59,8 @@ def recorded_windows(adapter, episodes: int = 3, steps: int = 60, at=(7, 25, 59)
             acts = torch.as_tensor(np.asarray(tr["actions"]), dtype=torch.float32)
             if md.discrete:
                 acts = torch.nn.functional.one_hot(acts.long(), md.act_dim).float()
-            rtg = md.target_returns[0] / md.return_scale - np.concatenate([[0.0], np.cumsum(tr["rewards"])]) / md.return_scale
+            spent = np.concatenate([[0.0], np.cumsum(tr["rewards"])])
+            rtg = (md.target_returns[0] - spent) / md.return_scale
             S.append(obs[lo:t + 1]), A.append(acts[lo:t]), R.append(torch.as_tensor(rtg[lo:t + 1], dtype=torch.float32))
         out.append((torch.stack(S), torch.stack(A), torch.stack(R)[..., None], torch.arange(lo, t + 1)))
     return out
@@ -174,7 +175,7 @@ def test_no_lanes_is_exactly_todays_forward_and_bad_indices_are_refused():
         policy(s, a, r, t, mask, lanes=torch.tensor([0, 6, 0, 0, 0, 0]))
     with pytest.raises(ValueError, match="one edit index per row"):
         policy(s, a, r, t, mask, lanes=torch.tensor([0, 1]))
-    with pytest.raises(ValueError, match="-1 .unedited. or 0..-1"):
+    with pytest.raises(ValueError, match="this policy has no edits"):
         DTPolicy(model)(s, a, r, t, mask, lanes=torch.zeros(6, dtype=torch.long))
     with pytest.raises(ValueError, match="another model"):
         DTPolicy(tiny_dt(heads=3), edits=edits)
@@ -223,8 +224,10 @@ def test_deltas_are_blocks_of_the_parameter_from_strides():
     edits = LaneEdits(model, [[Edit(1, "QK", 0, head=2, side="out")], [Edit(1, "OV", 0, head=1, side="out")],
                               [Edit(1, "OV", 0, head=1, side="in")], [Edit(1, "V", 0)]])
     (qk,), (ov_out,), (ov_in,), (v,) = edits.deltas
-    assert qk.param == "encoder.h.1.attn.c_attn.weight" and (qk.rows, qk.cols) == (slice(0, H), slice(H + 2 * dh, H + 3 * dh))
-    assert ov_out.param == "encoder.h.1.attn.c_proj.weight" and (ov_out.rows, ov_out.cols) == (slice(dh, 2 * dh), slice(0, H))
+    assert qk.param == "encoder.h.1.attn.c_attn.weight"
+    assert (qk.rows, qk.cols) == (slice(0, H), slice(H + 2 * dh, H + 3 * dh))  # head 2's K columns, transposed
+    assert ov_out.param == "encoder.h.1.attn.c_proj.weight"
+    assert (ov_out.rows, ov_out.cols) == (slice(dh, 2 * dh), slice(0, H))  # head 1's rows of W_O
     assert ov_in.param == "encoder.h.1.attn.c_attn.weight" and ov_in.cols == slice(2 * H + dh, 2 * H + 2 * dh)
     assert v.param == "encoder.h.1.mlp.c_proj.weight" and (v.rows, v.cols) == (slice(0, 48), slice(0, H))
     # Each delta, written into a copy of its parameter, is what patch writes (float64 reference).

@@ -17,6 +17,7 @@ surgery/behaviour/rollout.py. See docs/evaluation.md for the semantics.
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -26,9 +27,11 @@ import torch
 
 from surgery.behaviour.episodes import SEED_SCHEME, EpisodeRecord, episode_seed, is_failure
 from surgery.behaviour.lanes import LaneEdits
+from surgery.behaviour.metadata import DTMetadata
 from surgery.behaviour.policy import DTPolicy
 from surgery.behaviour.results_store import RESULTS_FILE, ResultsStore, stored_spec
 from surgery.behaviour.rollout import Job, Setting, check_jobs, play, prepare
+from surgery.core.patching import Edit
 from surgery.errors import SurgeryError
 from surgery.progress import progress as progress_bar
 
@@ -157,7 +160,7 @@ class Run:
 
 
 def evaluate(model, episodes: int = 100, seed: int = 0, target_return: float | None = None, env=None,
-             metadata=None, dtype: torch.dtype = torch.float32, progress: bool = True, *,
+             metadata: DTMetadata | None = None, dtype: torch.dtype = torch.float32, progress: bool = True, *,
              max_steps: int | None = None, batch_size: int = 256, out: str | Path | None = None,
              tag=None, env_kwargs: dict | None = None, trajectories: bool = False) -> EvalResult:
     """Play `episodes` episodes of a decision transformer, all in lockstep, and return their records.
@@ -181,7 +184,8 @@ def evaluate(model, episodes: int = 100, seed: int = 0, target_return: float | N
 
 
 def evaluate_runs(model, runs: Sequence[Run], episodes: int = 100, seed: int = 0, target_return: float | None = None,
-                  env=None, metadata=None, dtype: torch.dtype = torch.float32, progress: bool = True, *,
+                  env=None, metadata: DTMetadata | None = None, dtype: torch.dtype = torch.float32,
+                  progress: bool = True, *,
                   max_steps: int | None = None, batch_size: int = 256, env_kwargs: dict | None = None,
                   trajectories: bool = False, desc: str | None = None) -> list[EvalResult]:
     """Evaluate the model as it is and/or under several edits, all as lanes of one batched rollout.
@@ -198,6 +202,7 @@ def evaluate_runs(model, runs: Sequence[Run], episodes: int = 100, seed: int = 0
     if batch_size < 1:
         raise SurgeryError(f"batch_size must be at least 1, got {batch_size}")
     runs = [r if isinstance(r, Run) else Run(*r) for r in runs]
+    runs = [Run([r.edits], r.out, r.tag) if isinstance(r.edits, (Edit, dict)) else r for r in runs]  # one bare edit
     setting = prepare(model, metadata, env, env_kwargs, target_return, max_steps)
     edited = [i for i, r in enumerate(runs) if len(r.edits)]
     lane_edits = LaneEdits(setting.module, [runs[i].edits for i in edited]) if edited else None
@@ -216,7 +221,8 @@ def evaluate_runs(model, runs: Sequence[Run], episodes: int = 100, seed: int = 0
             weights = weights or weights_sha256(setting.module)
             spec = _experiment_spec(setting, weights, seed, dtype, r.tag)
             if i in edit_of:
-                spec = {**spec, "edits": [e.to_dict() for e in lane_edits.edits[edit_of[i]]], "edit_engine": EDIT_ENGINE}
+                edits = [e.to_dict() for e in lane_edits.edits[edit_of[i]]]
+                spec = {**spec, "edits": edits, "edit_engine": EDIT_ENGINE}
             path = Path(r.out) / RESULTS_FILE
             _refuse_patch_engine_store(path, spec)
             stores[i] = ResultsStore(path, spec, EpisodeRecord)
@@ -229,7 +235,7 @@ def evaluate_runs(model, runs: Sequence[Run], episodes: int = 100, seed: int = 0
         total = episodes * len(runs)
         bar = progress_bar(total, desc or f"evaluate {setting.env_id}", "ep", enabled=progress)
         bar.update(total - len(jobs))
-        steps = 0
+        steps, shown = 0, time.monotonic()
 
         def on_finish(job: Job, record: EpisodeRecord) -> None:
             i = run_of[job.edit]
@@ -239,9 +245,12 @@ def evaluate_runs(model, runs: Sequence[Run], episodes: int = 100, seed: int = 0
             bar.update(1)
 
         def on_steps(n: int) -> None:
-            nonlocal steps
+            nonlocal steps, shown
             steps += n
             bar.set_postfix_str(f"{steps} env steps", refresh=False)
+            if time.monotonic() - shown > 1.0:  # long episodes: show progress between finished episodes
+                shown = time.monotonic()
+                bar.refresh()
 
         def on_trajectory(job: Job, trajectory: dict) -> None:
             kept[run_of[job.edit]][job.episode] = trajectory

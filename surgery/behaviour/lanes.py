@@ -99,7 +99,7 @@ class LaneEdits:
         return {d.param: by_name[d.param] for group in self.deltas for d in group}
 
     def check_current(self) -> None:
-        """Raise unless every weight the deltas were computed from is as it was (a reverted patch counts as unchanged)."""
+        """Raise unless every weight the deltas came from is as it was (a reverted patch counts as unchanged)."""
         for base, version in self._sources.values():
             if canonical_version(self.adapter, base) != version:
                 name = self.params.get(id(base), ("a weight",))[0]

@@ -100,8 +100,8 @@ class DTPolicy:
         if lanes.shape != (B,):
             raise SurgeryError(f"lanes must hold one edit index per row: shape ({B},), got {tuple(lanes.shape)}")
         if B and (int(lanes.min()) < -1 or int(lanes.max()) >= n):
-            raise SurgeryError(f"lane edit indices must be -1 (unedited) or 0..{n - 1} (the policy's {n} edits), "
-                               f"got {lanes.min().item()}..{lanes.max().item()}")
+            valid = f"-1 (unedited) or 0..{n - 1} (the policy's {n} edits)" if n else "-1 (this policy has no edits)"
+            raise SurgeryError(f"lane edit indices must be {valid}, got {lanes.min().item()}..{lanes.max().item()}")
         if not B or int(lanes.max()) < 0:
             return None
         self.edits.check_current()

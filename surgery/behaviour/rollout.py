@@ -15,10 +15,14 @@ stays full while jobs remain.
 Rows then sit at different timesteps. The window length is the oldest row's (up to the
 context); a younger row is left-padded with zeros and masked, as in the Hugging Face example, with
 per-row timesteps. While every row is at the same timestep (the jobs started together and fit in
-`lanes`) the forward is exactly the lockstep engine's call (unpadded windows, shared timesteps): the
-records of unedited jobs are then bitwise those `evaluate` has always produced. Padding changes
-only the rounding (tests/test_lanes.py measures it), like any other batch composition
-(docs/evaluation.md, "Determinism").
+`lanes`) the forward is the lockstep engine's call (unpadded windows, shared timesteps); without
+edits it is exactly that call, so unedited jobs give bitwise the records `evaluate` has always
+produced. With edits the windows are gathered (contiguous) rather than passed as strided views of
+the history buffers: torch's linear rounds a strided batch differently for every row, a contiguous
+one only at the edges of its kernels' row blocks, so rows of one run round alike far more often (a
+lane whose edit changes nothing gives bitwise its unedited lane's episodes when the two sit side
+by side, as episode-major jobs put them; tests/test_rollout.py). Padding changes only the rounding
+(tests/test_lanes.py measures it), like any other batch composition (docs/evaluation.md, "Determinism").
 """
 from __future__ import annotations
 
@@ -40,7 +44,7 @@ __all__ = ["Job", "RolloutStats", "Setting", "prepare", "play", "run_lanes", "re
 
 
 class Job(NamedTuple):
-    """One episode to play: under edit `edit` (an index into the run's edits; -1 = unedited), episode index `episode`."""
+    """One episode to play: under edit `edit` (an index into the run's edits; -1 = unedited), episode `episode`."""
 
     edit: int
     episode: int
@@ -161,8 +165,8 @@ def check_jobs(jobs, n_edits: int) -> list[Job]:
         if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in (edit, episode)):
             raise SurgeryError(f"a job's edit and episode must be integers, got {j!r}")
         if not -1 <= edit < n_edits or episode < 0:
-            raise SurgeryError(f"job {tuple(j)!r}: the edit must be -1 (unedited) or 0..{n_edits - 1} "
-                               f"({n_edits} edits), the episode >= 0")
+            edits = f"-1 (unedited) or 0..{n_edits - 1} ({n_edits} edits)" if n_edits else "-1 (no edits given)"
+            raise SurgeryError(f"job {tuple(j)!r}: the edit must be {edits}, the episode >= 0")
         out.append(Job(int(edit), int(episode)))
     if len(set(out)) != len(out):
         raise SurgeryError("the same (edit, episode) job is listed more than once")
@@ -325,7 +329,11 @@ class _Engine:
         if all(x == ts[0] for x in ts):  # lockstep: exactly the historical call, unpadded, shared timesteps
             now = ts[0]
             lo = max(0, now + 1 - K)
-            rows = slice(None) if len(live) == R else torch.tensor(live)
+            # Every row alive: the windows are strided views of the buffers, as the lockstep engine always
+            # passed them. torch's linear rounds a strided batch differently for every row, so a run with
+            # edits gathers instead (contiguous), where neighbouring rows round alike: a lane whose edit
+            # changes nothing then gives bitwise the episode of the unedited lane beside it.
+            rows = slice(None) if len(live) == R and self.policy.edits is None else torch.tensor(live)
             timesteps = torch.arange(lo, now + 1).clamp_(max=self.max_timestep)
             return states[rows, lo:now + 1], actions[rows, lo:now], rtg[rows, lo:now + 1], timesteps, None, rows
         L = min(max(ts) + 1, K)
