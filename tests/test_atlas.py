@@ -86,7 +86,7 @@ def test_rows_agree_with_independent_computations(run, balancer):
     a, out = run
     stored = _stored(out)
     d = a.design
-    # Every edit's p: K (looks) times the smallest enumerated permutation p over the looks it reached.
+    # Every edit's p: the smallest enumerated permutation p over the looks it reached, each over its share w_k.
     field = {f.name: i for i, f in enumerate(dataclasses.fields(EditEpisode))}
     ret = lambda e, j: stored[(e, j)][field["episode_return"]]  # noqa: E731
     p_star = []
@@ -95,7 +95,8 @@ def test_rows_agree_with_independent_computations(run, balancer):
         assert all((e, j) in stored for j in range(n)) and not any((e, j) in stored for j in range(n, d.looks[-1]))
         diffs = [ret(e, j) - ret(-1, j) for j in range(n)]
         looks = [k for k in d.looks if k <= n]
-        p_star.append(min(1.0, d.K * min(brute_force_p(diffs[:k]) for k in looks)))
+        w = np.diff([0.0] + [(k / d.looks[-1]) ** 2 for k in d.looks])  # the default spending, rho = 2
+        p_star.append(min(1.0, min(brute_force_p(diffs[:k]) / w[i] for i, k in enumerate(looks))))
         assert r["damage"] == pytest.approx(-np.mean(diffs))
     assert np.allclose(a.rows["p"], p_star, rtol=1e-9)
     # Holm by its step-down definition.

@@ -143,3 +143,20 @@ def test_looks_must_come_in_order_with_the_right_number_of_pairs():
     seq = Sequential(Design((2, 4), 1))
     with pytest.raises(ValueError, match="out of order"):
         seq.look(1, {0: [1.0, 2.0, 3.0, 4.0]})
+
+
+def test_futility_needs_both_the_mean_and_the_ranks_to_give_up():
+    """One outlier baseline episode must not stop a clear effect; rare catastrophes must not look weak."""
+    design = Design((6, 15, 30), edits=4)
+    t = 6 / 30
+    outlier = np.array([-250.0] * 5 + [900.0])  # a clear drop, and one baseline episode that went wrong
+    rare = np.array([0.5, -0.3, -2500.0, 0.2, -0.4, 0.1])  # nothing, except one episode that fell
+    from surgery.experiments.sequential import _z, _z_rank
+
+    assert conditional_power(_z(outlier), t, design.z_target) < 0.1 <= conditional_power(_z_rank(outlier), t,
+                                                                                             design.z_target)
+    assert conditional_power(_z_rank(rare), t, design.z_target) < 0.1 <= conditional_power(_z(rare), t,
+                                                                                           design.z_target)
+    seq = Sequential(design)
+    assert seq.look(0, {0: outlier, 1: rare, 2: np.zeros(6), 3: -outlier}) == {
+        0: "continue", 1: "continue", 2: "futility", 3: "continue"}

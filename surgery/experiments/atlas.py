@@ -243,13 +243,14 @@ class _Sweep:
         setting = prepare(adapter, target_return=s.target_return, max_steps=s.max_steps)
         self.env_id, self.env_identity, self.time_limit = setting.env_id, setting.env_identity, setting.time_limit
         self.s = s = replace(s, target_return=setting.target_return, value=edits[0].value)
-        self.design = Design(schedule(s.episodes, s.looks), len(edits), s.alpha, s.futility, s.correction)
+        self.design = Design(schedule(s.episodes, s.looks), len(edits), s.alpha, s.futility, s.correction, s.spend)
         self.sha = weights_sha256(adapter.model)
         self.warnings = []
         if not self.design.reachable():
             self.warnings.append(
-                f"no edit can be significant: with {s.episodes} pairs the smallest p is 2^{1 - s.episodes}, times "
-                f"{self.design.K} looks, above alpha/m = {s.alpha:g}/{len(edits)}; use at least "
+                f"no edit can be significant: with {s.episodes} pairs the smallest p is 2^{1 - s.episodes}, above "
+                f"the last look's bound {self.design.efficacy_p(self.design.K - 1):.2g} (its share "
+                f"{self.design.weights[-1]:.2f} of alpha/m = {s.alpha:g}/{len(edits)}); use at least "
                 f"{_pairs_needed(self.design)} episodes or fewer edits")
 
     # -- identity and storage --
@@ -447,5 +448,5 @@ def _edits_hash(edits) -> str:
 
 
 def _pairs_needed(design) -> int:
-    """The fewest pairs with which K * 2^(1-n) <= alpha / m."""
-    return 1 + math.ceil(math.log2(design.K * design.edits / design.alpha))
+    """The fewest pairs with which 2^(1-n) is within the last look's bound w_K alpha / m."""
+    return 1 + math.ceil(math.log2(1 / design.efficacy_p(design.K - 1)))

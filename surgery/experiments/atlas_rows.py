@@ -64,15 +64,12 @@ def build(sweep, seq, done: dict, align, steps: dict):
     from surgery.behaviour.evaluation import EpisodeRecord, EvalResult
     from surgery.experiments.atlas import Atlas
     from surgery.experiments.output import model_identity
-    from surgery.experiments.sequential import combine_looks
 
     d, s, edits = sweep.design, sweep.s, sweep.edits
-    K = d.K
     baseline = [done[(-1, j)] for j in range(d.looks[-1]) if (-1, j) in done]
     b_ret = np.array([r.episode_return for r in baseline])
     b_fail = np.array([r.failed for r in baseline])
     p_star = seq.p_final()
-    confidence = 1 - 0.05 / K  # Bonferroni over looks: covers at the (random) look where the edit stopped
     cols = {k: [] for k in ("episodes", "looks", "stopped", "baseline_return", "edited_return", "damage",
                             "damage_low", "damage_high", "failures_baseline", "failures_edited", "p_failures",
                             "env_steps")}
@@ -81,9 +78,11 @@ def build(sweep, seq, done: dict, align, steps: dict):
         mine = [done[(e, j)] for j in range(n)]
         x = np.array([r.episode_return for r in mine])
         f = np.array([r.failed for r in mine])
-        drop = stats.mean_ci(b_ret[:n] - x, confidence=confidence, n_resamples=RESAMPLES)
-        p_fail = combine_looks([stats.paired_failures(b_fail[:m], f[:m]).p_mcnemar
-                                for m in d.looks[:track.looks]], K)
+        # Confidence 1 - 0.05 w_k at look k: over all looks together 0.95 (weighted Bonferroni), so the
+        # interval holds at whichever look the edit stopped.
+        drop = stats.mean_ci(b_ret[:n] - x, confidence=1 - 0.05 * d.weights[track.looks - 1],
+                             n_resamples=RESAMPLES)
+        p_fail = d.p_final([stats.paired_failures(b_fail[:m], f[:m]).p_mcnemar for m in d.looks[:track.looks]])
         for name, value in (("episodes", n), ("looks", track.looks), ("stopped", track.stopped),
                             ("baseline_return", float(b_ret[:n].mean())), ("edited_return", float(x.mean())),
                             ("damage", drop.value), ("damage_low", drop.low), ("damage_high", drop.high),

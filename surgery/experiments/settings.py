@@ -43,6 +43,9 @@ class AtlasSettings:
     """Fractions of --episodes at which each open edit is tested and may stop (the last must be 1)."""
     futility: float = 0.1
     """Stop an edit early when its conditional power to become significant falls below this (0: never)."""
+    spend: float = 2.0
+    """How the level is shared across looks: look k gets the increase of (fraction of episodes)^spend (Kim-DeMets
+    power family; 2 keeps three quarters for the last of looks at 0.2, 0.5, 1)."""
     alpha: float = 0.05
     """Level of the final decisions after the correction across edits."""
     correction: str = field(default="holm", metadata={"choices": CORRECTIONS})
