@@ -7,9 +7,10 @@
 
 The package is layered (imports run down only): `adapters` (architecture maps) < `surgery.core`
 (decompositions, patches) < `surgery.analysis` (alignment, chance, reports) < `surgery.behaviour`
-(rollouts, environments, results) < `surgery.lm`, `surgery.experiments` < `surgery.zoo` (building
-models) < `surgery.loading` < `surgery.cli`. The public names below are imported on first use, so
-`surgery --help` starts fast and the command line can configure threading before torch is loaded.
+(rollouts, environments, results) < `surgery.zoo` (the shipped models, building them) <
+`surgery.loading` < `surgery.lm`, `surgery.experiments` < `surgery.export` < `surgery.cli`. The
+public names below are imported on first use, so `surgery --help` starts fast and the command line
+can configure threading before torch is loaded.
 """
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ _EXPORTS = {
     "alignment": "surgery.analysis.alignment", "locate": "surgery.analysis.localisation",
     "EvalResult": "surgery.behaviour.evaluation", "evaluate": "surgery.behaviour.evaluation",
     "evaluate_pair": "surgery.behaviour.evaluation",
+    "atlas": "surgery.experiments.atlas", "Atlas": "surgery.experiments.atlas",
+    "AtlasSettings": "surgery.experiments.settings",
     "SurgeryError": "surgery.errors",
 }
 _MODULES = ("stats",)
@@ -40,6 +43,8 @@ if TYPE_CHECKING:  # what editors and type checkers see through the lazy exports
     from surgery.core.decomposition import SVD, decompose
     from surgery.core.patching import Edit, Patch, patch
     from surgery.core.saved import load_patch
+    from surgery.experiments.atlas import Atlas, atlas
+    from surgery.experiments.settings import AtlasSettings
     from surgery.errors import SurgeryError
     from surgery.loading import load
 

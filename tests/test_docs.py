@@ -3,8 +3,8 @@
 A block preceded by `<!-- not run: REASON -->` is skipped (signatures; examples that need weights
 or data not shipped here). The blocks of one file run in order in one namespace, which starts
 with `model = surgery.load("hopper")` for the docs that use a `model` without loading it. To keep
-the default run fast, `episodes=N` is run as `episodes=2, max_steps=20` (and `range(N)` as
-`range(2)`, `max_steps=N` as `max_steps=20`): the blocks' names,
+the default run fast, `episodes=N` is run as `episodes=6, max_steps=20` (6: enough for an atlas's
+three looks), `range(N)` as `range(2)` and `max_steps=N` as `max_steps=20`: the blocks' names,
 arguments and flow are what is checked, not the numbers. docs/lm.md is left out: all of its
 examples need real language-model weights.
 """
@@ -28,7 +28,7 @@ def blocks(doc: str) -> list[tuple[str | None, str]]:
 def quick(code: str) -> str:
     code = re.sub(r"\bmax_steps=\d+", "max_steps=20", code)
     code = re.sub(r"\brange\(\d+\)", "range(2)", code)
-    return re.sub(r"\bepisodes=\d+", "episodes=2, max_steps=20", code)
+    return re.sub(r"\bepisodes=\d+", "episodes=6, max_steps=20", code)
 
 
 @pytest.mark.parametrize("doc", DOCS)

@@ -14,10 +14,11 @@ LAYERS = [
     ("surgery.core", 3),
     ("surgery.analysis", 4),
     ("surgery.behaviour", 5),
-    ("surgery.lm", 6), ("surgery.experiments", 6),
-    ("surgery.zoo", 7),
-    ("surgery.loading", 8), ("surgery.export", 8),
-    ("surgery.cli", 9), ("surgery.__main__", 9),
+    ("surgery.zoo", 6),
+    ("surgery.loading", 7),  # below the experiments: atlas workers load models by reference
+    ("surgery.lm", 8), ("surgery.experiments", 8),
+    ("surgery.export", 9),
+    ("surgery.cli", 10), ("surgery.__main__", 10),
 ]
 SIBLINGS_APART = {("surgery.lm", "surgery.experiments"), ("surgery.experiments", "surgery.lm")}
 

@@ -38,6 +38,27 @@ def test_round_trip_and_reopen(tmp_path):
         assert store.finished() == {i: record(i) for i in range(3)}
 
 
+@dataclasses.dataclass(frozen=True)
+class EditEpisode(EpisodeRecord):
+    edit: int = -1
+
+
+def test_a_composite_key_and_all_or_nothing_batches(tmp_path):
+    """The atlas keys episodes by (edit, episode) and writes a finished task's records in one transaction."""
+    path = tmp_path / RESULTS_FILE
+    rows = [EditEpisode(**dataclasses.asdict(record(j)), edit=e) for e in (-1, 0, 3) for j in range(2)]
+    with ResultsStore(path, {"a": 1}, EditEpisode, key=("edit", "episode")) as store:
+        store.add_many(rows[:4])
+        with pytest.raises(ValueError, match="edit 0, episode 1 is already stored"):
+            store.add_many(rows[4:] + [rows[3]])  # one duplicate: none of the batch is stored
+        assert len(store) == 4
+        store.add_many(rows[4:])
+    with ResultsStore(path, {"a": 1}, EditEpisode, key=("edit", "episode")) as store:
+        assert store.finished() == {(r.edit, r.episode): r for r in rows}
+    with pytest.raises(ValueError, match="not a field"):
+        ResultsStore(tmp_path / "x.sqlite", {}, EditEpisode, key=("edit", "lane"))
+
+
 def test_a_key_is_never_stored_twice(tmp_path):
     with ResultsStore(tmp_path / RESULTS_FILE, {"a": 1}, EpisodeRecord) as store:
         store.add(record(0))

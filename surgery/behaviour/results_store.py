@@ -99,17 +99,20 @@ def stored_spec(path: str | Path) -> dict | None:
 
 
 class ResultsStore:
-    """Finished episodes of one experiment, keyed by an integer field (the episode index)."""
+    """Finished episodes of one experiment, keyed by an integer field (the episode) or several ((edit, episode))."""
 
-    def __init__(self, path: str | Path, spec: dict, record_type, key: str = "episode"):
+    def __init__(self, path: str | Path, spec: dict, record_type, key: str | tuple[str, ...] = "episode"):
         self.path = Path(path)
         self.spec = json.loads(json.dumps(spec, sort_keys=True, default=str))
         self.fingerprint = fingerprint(spec)
         self.record_type = record_type
         self.columns = _columns(record_type)
-        if key not in [c[0] for c in self.columns]:
-            raise SurgeryError(f"key {key!r} is not a field of {record_type.__name__}")
+        keys = (key,) if isinstance(key, str) else tuple(key)
+        missing = [k for k in keys if k not in [c[0] for c in self.columns]]
+        if missing or not keys:
+            raise SurgeryError(f"key {missing or key!r} is not a field of {record_type.__name__}")
         self.key = key
+        self._keys = keys
         self._inspect()  # refuses a foreign, corrupt or other experiment's file before anything is changed
         self._lock = runlock.acquire(self.path.parent)  # refuses a second run on the same directory
         try:
@@ -183,14 +186,13 @@ class ResultsStore:
         self._check_experiment(conn)
 
     def _create(self, conn: sqlite3.Connection) -> None:
-        cols = ", ".join(
-            f"{name} {_SQL_TYPES[t]}{'' if nullable else ' NOT NULL'}{' PRIMARY KEY' if name == self.key else ''}"
-            for name, t, nullable in self.columns
-        )
+        cols = ", ".join(f"{name} {_SQL_TYPES[t]}{'' if nullable else ' NOT NULL'}"
+                         for name, t, nullable in self.columns)
         # Schema and identity are created in one transaction: a crash leaves an empty file, never half a header.
         conn.execute("BEGIN IMMEDIATE")
         conn.execute("CREATE TABLE experiment (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        conn.execute(f"CREATE TABLE episodes ({cols}, finished_at REAL NOT NULL)")
+        key = ", ".join(self._keys)
+        conn.execute(f"CREATE TABLE episodes ({cols}, finished_at REAL NOT NULL, PRIMARY KEY ({key}))")
         conn.executemany(
             "INSERT INTO experiment VALUES (?, ?)",
             [("schema_version", str(SCHEMA_VERSION)), ("fingerprint", self.fingerprint),
@@ -218,31 +220,47 @@ class ResultsStore:
         if names != expected:
             raise self._refuse(f"episodes table has columns {names}, expected {expected}")
 
-    def finished(self) -> dict[int, object]:
-        """The records already stored, by key."""
+    def _key_of(self, record_or_values):
+        get = record_or_values.get if isinstance(record_or_values, dict) else (
+            lambda k: getattr(record_or_values, k))
+        return get(self.key) if isinstance(self.key, str) else tuple(get(k) for k in self._keys)
+
+    def finished(self) -> dict:
+        """The records already stored, by key (a tuple of the key fields' values for a composite key)."""
         names = [c[0] for c in self.columns]
-        rows = self._conn.execute(f"SELECT {', '.join(names)} FROM episodes ORDER BY {self.key}").fetchall()
+        order = ", ".join(self._keys)
+        rows = self._conn.execute(f"SELECT {', '.join(names)} FROM episodes ORDER BY {order}").fetchall()
         out = {}
         for row in rows:
             values = {n: (None if v is None else t(v)) for (n, t, _), v in zip(self.columns, row)}
-            out[values[self.key]] = self.record_type(**values)
+            out[self._key_of(values)] = self.record_type(**values)
         return out
 
     def add(self, record) -> None:
         """Store one finished record in its own transaction; a key already stored is an error."""
-        values = [getattr(record, name) for name, _, _ in self.columns]
-        missing = [name for (name, _, nullable), v in zip(self.columns, values) if v is None and not nullable]
-        if missing:
-            raise SurgeryError(f"record has no value for {missing}: {record!r}")
+        self.add_many([record])
+
+    def add_many(self, records) -> None:
+        """Store records in one transaction: all of them or, on any error (a key already stored), none."""
+        records, rows = list(records), []
+        for record in records:
+            values = [getattr(record, name) for name, _, _ in self.columns]
+            missing = [name for (name, _, nullable), v in zip(self.columns, values) if v is None and not nullable]
+            if missing:
+                raise SurgeryError(f"record has no value for {missing}: {record!r}")
+            rows.append(values)
         names = ", ".join([c[0] for c in self.columns] + ["finished_at"])
-        marks = ", ".join("?" * (len(values) + 1))
-        try:
-            with self._transaction():
-                self._conn.execute(f"INSERT INTO episodes ({names}) VALUES ({marks})", [*values, time.time()])
-        except sqlite3.IntegrityError as e:
-            if "UNIQUE" in str(e):
-                raise SurgeryError(f"{self.path}: {self.key} {getattr(record, self.key)} is already stored") from None
-            raise
+        marks = ", ".join("?" * (len(self.columns) + 1))
+        now = time.time()
+        with self._transaction():
+            for record, values in zip(records, rows):
+                try:
+                    self._conn.execute(f"INSERT INTO episodes ({names}) VALUES ({marks})", [*values, now])
+                except sqlite3.IntegrityError as e:
+                    if "UNIQUE" in str(e):
+                        where = ", ".join(f"{k} {getattr(record, k)}" for k in self._keys)
+                        raise SurgeryError(f"{self.path}: {where} is already stored") from None
+                    raise
 
     @contextlib.contextmanager
     def _transaction(self):

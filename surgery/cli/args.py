@@ -138,13 +138,41 @@ def add_settings_arguments(parser, cls, skip=(), defaults=None) -> None:
         whole = positive_int if meta.get("positive") else non_negative_int if meta.get("nonnegative") else int
         item = {"int": whole, "float": float, "str": str}
         if base.startswith("tuple["):
-            kwargs.update(nargs="+", type=item[base[6:].split(",")[0]])
+            # "--weights K V" and "--weights K,V" both work; choices are checked item by item.
+            kwargs.update(nargs="+", type=_items(item[base[6:].split(",")[0]], meta.get("choices")), action=_Flatten)
+            if "choices" in meta:
+                kwargs["help"] += f"; choices: {', '.join(map(str, meta['choices']))}"
         else:
             kwargs["type"] = item[base]
-        for key in ("choices", "metavar"):
-            if key in meta:
-                kwargs[key] = meta[key]
+            if "choices" in meta:
+                kwargs["choices"] = meta["choices"]
+        if "metavar" in meta:
+            kwargs["metavar"] = meta["metavar"]
         parser.add_argument(flag, default=default, **kwargs)
+
+
+class _Flatten(argparse.Action):
+    """Store the items of every (comma-separated) value given to a list flag as one list."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, [v for group in values for v in group])
+
+
+def _items(convert, choices):
+    """argparse type: comma-separated items, each converted and checked against the choices."""
+    def parse(text: str) -> list:
+        out = []
+        for part in filter(None, text.split(",")):
+            value = convert(part)
+            if choices is not None and value not in choices:
+                raise argparse.ArgumentTypeError(f"invalid choice: {part!r} (choose from {', '.join(map(str, choices))})")
+            out.append(value)
+        if not out:
+            raise argparse.ArgumentTypeError(f"expected at least one value, got {text!r}")
+        return out
+
+    parse.__name__ = getattr(convert, "__name__", "value")
+    return parse
 
 
 def settings_from_args(cls, args, **extra):

@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "surgery.cli.evaluate",
     "surgery.cli.experiments",
     "surgery.cli.export",
+    "surgery.cli.atlas",
     "surgery.cli.lm",
     "surgery.cli.compare",
 )

@@ -62,8 +62,10 @@ def spearman(x, y, confidence: float = 0.95, method: str = "fisher-z", n_resampl
     elif method == "bootstrap":
         with warnings.catch_warnings():  # a resample of tied values has no rho: it is left out, not a failure
             warnings.simplefilter("ignore")
-            res = stats.bootstrap((x, y), lambda a, b: stats.spearmanr(a, b).statistic, paired=True,
-                                  vectorized=False, confidence_level=confidence, n_resamples=n_resamples,
+            # Vectorised over resamples (ranks along the last axis): the same resamples and values as
+            # spearmanr called once per resample, ~100x faster on an atlas's thousands of points.
+            res = stats.bootstrap((x, y), _spearman_along, paired=True, vectorized=True,
+                                  confidence_level=confidence, n_resamples=n_resamples, batch=_batch(n),
                                   method="percentile", **scipy_rng(seed))
         tail = 50 * (1 - confidence)
         low, high = np.nanpercentile(res.bootstrap_distribution, [tail, 100 - tail])
@@ -94,6 +96,16 @@ def partial_spearman(x, y, z, confidence: float = 0.95) -> Correlation:
     half = stats.norm.ppf(0.5 + confidence / 2) * se
     p = float(2 * stats.norm.sf(abs(zed) / se))
     return Correlation(rho, math.tanh(zed - half), math.tanh(zed + half), p, n, "partial fisher-z", confidence)
+
+
+def _spearman_along(a, b, axis=-1):
+    """Spearman's rho of a and b along `axis` (rows of resamples): Pearson's r of their average ranks."""
+    return _pearson(stats.rankdata(a, axis=axis), stats.rankdata(b, axis=axis), axis)
+
+
+def _batch(n: int) -> int:
+    """Resamples per vectorised call: about a million numbers in memory at a time."""
+    return max(1, 1_000_000 // max(n, 1))
 
 
 def _pearson(a, b, axis=-1):

@@ -1,0 +1,133 @@
+"""An atlas's rows: each edit's size and alignment, and its effect measured on the pairs it used."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from surgery import stats
+from surgery.analysis.tables import Table
+from surgery.names import RESIDUAL_SIDES
+
+RESAMPLES = 1999  # bootstrap resamples per edit's interval: thousands of edits, and the tests are exact anyway
+
+
+def alignment_columns(align, edits, op: str) -> tuple[dict, tuple]:
+    """Per embedding set: each edit's best |cos|, its label, side, z and p_adj, from one `alignment` result.
+
+    A zero or scale edit changes the whole triple, so where both sides face the residual stream (OV,
+    QK) the side with the smaller p_adj (then the larger |cos|) speaks for it; a constant edit
+    replaces one side's vector, so that side's alignment is the one recorded.
+    """
+    v = align.vectors
+    key = {}
+    for i, (emb, b, w, h, side, idx) in enumerate(zip(v["embedding"], v["block"], v["weight"], v["head"], v["side"],
+                                                       v["idx"])):
+        key[(emb, int(b), w, int(h), side, int(idx))] = i
+    sets = tuple(align.settings.embeddings)
+    cols = {}
+    for emb in sets:
+        abs_cos, cos, label, side_col, z, p_adj = [], [], [], [], [], []
+        for e in edits:
+            sides = (e.side,) if op == "constant" else RESIDUAL_SIDES[e.weight]
+            head = -1 if e.head is None else e.head
+            found = [key[k] for k in ((emb, e.block, e.weight, head, sd, e.idx) for sd in sides) if k in key]
+            if not found:
+                abs_cos.append(np.nan), cos.append(np.nan), label.append(""), side_col.append(""), z.append(np.nan)
+                p_adj.append(np.nan)
+                continue
+            i = min(found, key=lambda r: (v["p_adj"][r], -v["abs_cos"][r]))
+            abs_cos.append(v["abs_cos"][i]), cos.append(v["cos"][i]), label.append(str(v["label"][i]))
+            side_col.append(v["side"][i]), z.append(v["z"][i]), p_adj.append(v["p_adj"][i])
+        cols.update({f"{emb}_abs_cos": np.array(abs_cos, float), f"{emb}_cos": np.array(cos, float),
+                     f"{emb}_label": np.array(label, dtype=object), f"{emb}_side": np.array(side_col, dtype=object),
+                     f"{emb}_z": np.array(z, float), f"{emb}_p_adj": np.array(p_adj, float)})
+    return cols, sets
+
+
+def sizes(adapter, edits) -> tuple[np.ndarray, np.ndarray]:
+    """Each edited triple's singular value and energy share S_i^2 / sum S^2 of its weight (its head for OV, QK)."""
+    from surgery.core.decomposition import decompose
+
+    cache, sv, energy = {}, [], []
+    for e in edits:
+        if (e.block, e.weight) not in cache:
+            cache[(e.block, e.weight)] = decompose(adapter, e.block, e.weight).S.double().numpy()
+        S = cache[(e.block, e.weight)]
+        S = S[e.head] if e.weight in ("OV", "QK") else S
+        sv.append(S[e.idx]), energy.append(S[e.idx] ** 2 / np.sum(S ** 2))
+    return np.array(sv), np.array(energy)
+
+
+def build(sweep, seq, done: dict, align, steps: dict):
+    """The Atlas of a finished sweep."""
+    from surgery.behaviour.evaluation import EpisodeRecord, EvalResult
+    from surgery.experiments.atlas import Atlas
+    from surgery.experiments.output import model_identity
+
+    d, s, edits = sweep.design, sweep.s, sweep.edits
+    baseline = [done[(-1, j)] for j in range(d.looks[-1]) if (-1, j) in done]
+    b_ret = np.array([r.episode_return for r in baseline])
+    b_fail = np.array([r.failed for r in baseline])
+    p_star = seq.p_final()
+    cols = {k: [] for k in ("episodes", "looks", "stopped", "baseline_return", "edited_return", "damage",
+                            "damage_low", "damage_high", "failures_baseline", "failures_edited", "p_failures",
+                            "env_steps")}
+    for e, track in enumerate(seq.tracks):
+        n = d.looks[track.looks - 1]
+        mine = [done[(e, j)] for j in range(n)]
+        x = np.array([r.episode_return for r in mine])
+        f = np.array([r.failed for r in mine])
+        # Confidence 1 - 0.05 w_k at look k: over all looks together 0.95 (weighted Bonferroni), so the
+        # interval holds at whichever look the edit stopped.
+        drop = stats.mean_ci(b_ret[:n] - x, confidence=1 - 0.05 * d.weights[track.looks - 1],
+                             n_resamples=RESAMPLES)
+        p_fail = d.p_final([stats.paired_failures(b_fail[:m], f[:m]).p_mcnemar for m in d.looks[:track.looks]])
+        for name, value in (("episodes", n), ("looks", track.looks), ("stopped", track.stopped),
+                            ("baseline_return", float(b_ret[:n].mean())), ("edited_return", float(x.mean())),
+                            ("damage", drop.value), ("damage_low", drop.low), ("damage_high", drop.high),
+                            ("failures_baseline", float(b_fail[:n].mean())), ("failures_edited", float(f.mean())),
+                            ("p_failures", p_fail), ("env_steps", int(sum(r.length for r in mine)))):
+            cols[name].append(value)
+    p_adj = stats.adjust_pvalues(p_star, s.correction)
+    p_adj_fail = stats.adjust_pvalues(np.array(cols["p_failures"]), s.correction)
+    sv, energy = sizes(sweep.adapter, edits)
+    align_cols, sets = alignment_columns(align, edits, s.op)
+    rows = Table({
+        "edit": np.arange(len(edits)),
+        "block": np.array([e.block for e in edits]),
+        "weight": np.array([e.weight for e in edits], dtype=object),
+        "head": np.array([-1 if e.head is None else e.head for e in edits]),
+        "idx": np.array([e.idx for e in edits]),
+        "side": np.array([e.side if s.op == "constant" else ",".join(RESIDUAL_SIDES[e.weight]) for e in edits],
+                         dtype=object),
+        "singular_value": sv, "energy": energy,
+        **align_cols,
+        "episodes": np.array(cols["episodes"]), "looks": np.array(cols["looks"]),
+        "stopped": np.array(cols["stopped"], dtype=object),
+        "baseline_return": np.array(cols["baseline_return"]), "edited_return": np.array(cols["edited_return"]),
+        "damage": np.array(cols["damage"]), "damage_low": np.array(cols["damage_low"]),
+        "damage_high": np.array(cols["damage_high"]),
+        "p": p_star, "p_adj": p_adj, "significant": p_adj <= s.alpha,
+        "failures_baseline": np.array(cols["failures_baseline"]), "failures_edited": np.array(cols["failures_edited"]),
+        "failure_change": np.array(cols["failures_edited"]) - np.array(cols["failures_baseline"]),
+        "p_failures": np.array(cols["p_failures"]), "p_adj_failures": p_adj_fail,
+        "env_steps": np.array(cols["env_steps"]),
+    }, nullable=("head",))
+    fields = [f.name for f in dataclasses.fields(EpisodeRecord)]
+    base = EvalResult(records=[EpisodeRecord(**{k: getattr(r, k) for k in fields}) for r in baseline],
+                      env_id=sweep.env_id, target_return=s.target_return, seed=s.seed, dtype=s.dtype,
+                      time_limit=sweep.time_limit)
+    used = int(rows["episodes"].sum()) + len(baseline)
+    planned = (len(edits) + 1) * d.looks[-1]
+    cost = {
+        "episodes": used, "episodes_fixed_design": planned,
+        "env_steps": int(rows["env_steps"].sum()) + int(sum(r.length for r in baseline)),
+        "env_steps_this_run": int(sum(steps.values())),
+        "stopped": {why: int(np.sum(rows["stopped"] == why)) for why in ("efficacy", "futility", "complete")},
+        "where": sweep.runner.describe(),
+    }
+    return Atlas(model=model_identity(sweep.adapter, sweep.source), settings=s, alignment_settings=align.settings,
+                 rows=rows, baseline=base, design=d, cost=cost, embeddings=sets,
+                 alignment_alpha=align.settings.alpha, thresholds={e: float(align.threshold(e)) for e in sets},
+                 warnings=list(sweep.warnings))

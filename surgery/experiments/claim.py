@@ -1,0 +1,211 @@
+"""The study's claim on a whole atlas: does alignment with an embedding predict damage, beyond the vector's size?
+
+Damage is each edit's mean return drop against the shared baseline; alignment its best |cos| with
+the embedding set (the atlas's alignment columns). Size is the confound to beat: large singular
+triples carry more of a weight, and in the shipped models the most aligned vectors are also among
+the largest. Criteria (alpha is the atlas's):
+  1. damage rises with alignment: Spearman's rho of |cos| against damage over all edits has its
+     (bootstrap) confidence interval above 0;
+  2. beyond size: both size-adjusted measures have their intervals above 0: the pooled rho within
+     bins of singular value (about `per_bin` vectors of one weight type each, so only vectors of about
+     the same size are compared) and the partial rho holding the singular value fixed. Either alone
+     can be fooled: coarse bins leave size differences inside each bin, and the partial rho assumes
+     a roughly linear relation between the ranks; tests/test_atlas.py plants both cases.
+  3. aligned vectors are the damaging ones: among vectors aligned beyond chance (alignment p_adj
+     below the alignment's alpha), significantly damaging edits are over-represented (Fisher's
+     exact test, one-sided p < alpha).
+supported: 1, 2 and 3. partly supported: 2 and one of 1, 3. explained by size: 1 or 3 without 2.
+not supported: neither 1 nor 3. not testable: no edit lowers the return significantly.
+Also reported, not criteria: rho per weight type, partial rho holding the singular value (and
+the energy share) fixed, the size-damage rho itself, precision and recall of "aligned" as a
+predictor of "significantly damaging".
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import stats as sps
+
+from surgery.errors import SurgeryError
+from surgery.experiments.correlation import Correlation, partial_spearman, spearman
+
+RESAMPLES = 1999  # bootstrap resamples per rho: each is a Python-level spearmanr, thousands of points
+
+
+@dataclass(frozen=True)
+class Stratum:
+    """One bin of singular values within one weight type."""
+
+    weight: str
+    low: float
+    high: float
+    """Singular values in [low, high]."""
+    n: int
+    rho: float
+    """Spearman rho of |cos| against damage in the bin (nan if undefined)."""
+
+
+@dataclass(frozen=True)
+class Table2x2:
+    """Aligned beyond chance x significantly damaging, with Fisher's exact test."""
+
+    aligned_damaging: int
+    aligned_harmless: int
+    unaligned_damaging: int
+    unaligned_harmless: int
+    odds_ratio: float
+    p_fisher: float
+    """One-sided: damaging edits are over-represented among the aligned."""
+
+    @property
+    def precision(self) -> float:
+        """P(significantly damaging | aligned beyond chance)."""
+        n = self.aligned_damaging + self.aligned_harmless
+        return self.aligned_damaging / n if n else float("nan")
+
+    @property
+    def recall(self) -> float:
+        """P(aligned beyond chance | significantly damaging)."""
+        n = self.aligned_damaging + self.unaligned_damaging
+        return self.aligned_damaging / n if n else float("nan")
+
+    @property
+    def base_rate(self) -> float:
+        """P(significantly damaging) over all edits: what precision must beat."""
+        n = self.aligned_damaging + self.aligned_harmless + self.unaligned_damaging + self.unaligned_harmless
+        return (self.aligned_damaging + self.unaligned_damaging) / n if n else float("nan")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Alignment against damage over every edit of an atlas (or one weight type's edits)."""
+
+    embedding: str
+    weights: tuple
+    n: int
+    rho: Correlation
+    """|cos| against damage (bootstrap interval)."""
+    size: Correlation
+    """Singular value against damage (bootstrap interval): what size alone explains."""
+    partial_size: Correlation
+    """|cos| against damage with the singular value held fixed (partial Spearman)."""
+    partial_energy: Correlation
+    """|cos| against damage with the energy share held fixed."""
+    within: Correlation
+    """Pooled within-bin rho (Fisher z, weighted by n - 3, over the strata)."""
+    strata: tuple
+    table: Table2x2
+    outcome: str
+    """"supported", "partly supported", "explained by size", "not supported" or "not testable"."""
+    sentence: str
+    criteria: dict
+    """Criterion -> {"holds": bool, "detail": str}."""
+    per_weight: dict = field(default_factory=dict)
+    """Weight type -> its own Claim (when the atlas has several)."""
+
+
+def claim(atlas, embedding: str = "action_out", per_bin: int = 20, seed: int = 0, weights=None) -> Claim:
+    """Test the claim on `atlas`'s rows (all weight types, and each on its own)."""
+    if embedding not in atlas.embeddings:
+        raise SurgeryError(f"embedding {embedding!r} has no alignment columns in this atlas; it has: "
+                           f"{', '.join(atlas.embeddings)}")
+    if isinstance(per_bin, bool) or not isinstance(per_bin, int) or per_bin < 4:
+        raise SurgeryError(f"per_bin={per_bin!r} must be an integer of at least 4 (vectors per bin of singular value)")
+    rows = atlas.rows
+    mask = np.ones(len(rows), bool) if weights is None else np.isin(rows["weight"], list(weights))
+    r = rows.take(mask)
+    alpha = atlas.settings.alpha
+    cos = np.asarray(r[f"{embedding}_abs_cos"], float)
+    damage = np.asarray(r["damage"], float)
+    sv = np.asarray(r["singular_value"], float)
+    energy = np.asarray(r["energy"], float)
+    ok = np.isfinite(cos) & np.isfinite(damage)
+    cos, damage, sv, energy, weight = cos[ok], damage[ok], sv[ok], energy[ok], np.asarray(r["weight"])[ok]
+    aligned = np.asarray(r[f"{embedding}_p_adj"], float)[ok] < atlas.alignment_alpha
+    damaging = (np.asarray(r["significant"], bool) & (np.asarray(r["damage"], float) > 0))[ok]
+    boot = dict(method="bootstrap", n_resamples=RESAMPLES, seed=seed)
+    rho, size = spearman(cos, damage, **boot), spearman(sv, damage, **boot)
+    strata, within = _within_bins(cos, damage, sv, weight, per_bin)
+    table = _table(aligned, damaging)
+    kinds = tuple(dict.fromkeys(weight.tolist()))
+    out = _judge(embedding, kinds, len(cos), rho, size, partial_spearman(cos, damage, sv),
+                 partial_spearman(cos, damage, energy), within, tuple(strata), table, alpha, damaging.any())
+    if weights is None and len(kinds) > 1:
+        per = {w: claim(atlas, embedding, per_bin, seed, weights=(w,)) for w in kinds}
+        out = Claim(**{**out.__dict__, "per_weight": per})
+    return out
+
+
+def _within_bins(cos, damage, sv, weight, per_bin: int):
+    """Spearman rho within bins of about `per_bin` consecutive singular values per weight type, pooled by Fisher's z."""
+    strata, zs, ws = [], [], []
+    for w in dict.fromkeys(weight.tolist()):
+        mine = np.flatnonzero(weight == w)
+        order = mine[np.argsort(sv[mine], kind="stable")]
+        for part in np.array_split(order, max(1, order.size // per_bin)):
+            if part.size == 0:
+                continue
+            c = spearman(cos[part], damage[part], n_resamples=99)  # the point value only; the pool has the CI
+            strata.append(Stratum(w, float(sv[part].min()), float(sv[part].max()), int(part.size), c.rho))
+            if part.size > 3 and not math.isnan(c.rho):
+                zs.append(math.atanh(max(min(c.rho, 1 - 1e-12), -1 + 1e-12)))
+                ws.append(part.size - 3)
+    n = int(sum(s.n for s in strata))
+    if not ws:
+        return strata, Correlation(float("nan"), float("nan"), float("nan"), float("nan"), n, "within-bin fisher-z")
+    z = float(np.dot(zs, ws) / np.sum(ws))
+    se = math.sqrt(1.06 / np.sum(ws))  # each bin's atanh(rho) has variance 1.06 / (n - 3) (Fieller et al.)
+    half = 1.959963984540054 * se
+    p = float(2 * sps.norm.sf(abs(z) / se))
+    return strata, Correlation(math.tanh(z), math.tanh(z - half), math.tanh(z + half), p, n, "within-bin fisher-z")
+
+
+def _table(aligned, damaging) -> Table2x2:
+    a, b = int(np.sum(aligned & damaging)), int(np.sum(aligned & ~damaging))
+    c, d = int(np.sum(~aligned & damaging)), int(np.sum(~aligned & ~damaging))
+    res = sps.fisher_exact([[a, b], [c, d]], alternative="greater")
+    return Table2x2(a, b, c, d, float(res.statistic), float(res.pvalue))
+
+
+def _above(c: Correlation) -> bool:
+    return not math.isnan(c.low) and c.low > 0
+
+
+def _judge(embedding, weights, n, rho, size, partial_size, partial_energy, within, strata, table, alpha,
+           any_damage) -> Claim:
+    c1, c2 = _above(rho), _above(within) and _above(partial_size)
+    testable_2x2 = table.aligned_damaging + table.aligned_harmless > 0
+    c3 = testable_2x2 and table.p_fisher < alpha
+    t = table
+    criteria = {
+        "damage rises with alignment": {"holds": c1, "detail": f"{rho.describe()} over {rho.n} edits"},
+        "beyond size": {"holds": c2, "detail": f"within {len(strata)} bins of singular value: "
+                        f"{within.describe('pooled rho')}; holding the singular value fixed: "
+                        f"{partial_size.describe('partial rho')}; size alone: {size.describe('rho(S, damage)')}"},
+        "aligned vectors are the damaging ones": {
+            "holds": c3, "detail": "no vector is aligned beyond chance" if not testable_2x2 else
+            f"{t.aligned_damaging} of {t.aligned_damaging + t.aligned_harmless} aligned vectors are significantly "
+            f"damaging (precision {t.precision:.2f} against a base rate of {t.base_rate:.2f}; recall "
+            f"{t.recall:.2f}); Fisher's exact p = {t.p_fisher:.2g} (one-sided)"},
+    }
+    if not any_damage:
+        outcome = "not testable"
+    elif c1 and c2 and c3:
+        outcome = "supported"
+    elif c2 and (c1 or c3):
+        outcome = "partly supported"
+    elif c1 or c3:
+        outcome = "explained by size"
+    else:
+        outcome = "not supported"
+    which = "/".join(weights)
+    n_aligned, n_unaligned = t.aligned_damaging + t.aligned_harmless, t.unaligned_damaging + t.unaligned_harmless
+    sentence = (f"{which}, {n} edits: |cos| with {embedding} vs damage {rho.describe('rho')}; within bins of "
+                f"singular value {within.describe('rho')}; {t.aligned_damaging}/{n_aligned} aligned and "
+                f"{t.unaligned_damaging}/{n_unaligned} unaligned vectors significantly damaging: {outcome.upper()}")
+    if outcome == "not testable":
+        sentence += " (no edit lowers the return significantly: there is no damage to predict)"
+    return Claim(embedding, tuple(weights), n, rho, size, partial_size, partial_energy, within, strata, table, outcome,
+                 sentence, criteria)

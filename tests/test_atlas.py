@@ -1,0 +1,249 @@
+"""`surgery.atlas` in one process: the known answer on the hand-wired balancer, rows against independent
+computations, resume, refusals, no-op edits, the claim's verdicts, and the lane engine against `patch`."""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+import surgery
+from surgery.analysis.tables import Table
+from surgery.behaviour.results_store import ResultsStore
+from surgery.experiments.atlas import RESULTS_FILE, atlas, plan_edits
+from surgery.experiments.claim import claim
+from surgery.experiments.distribute import EditEpisode, Rollout, Task, run_task
+from surgery.experiments.settings import AtlasSettings
+from tests.experiments_models import cartpole_dt
+
+# The balancer's policy flows through block 0's MLP: V #0 and #1 write the action direction (aligned
+# with action_out, cos 0.707) and removing either makes the pole fall; with 60-step episodes nothing
+# else in the first three triples of K and V of either block changes the return detectably.
+SMALL = dict(weights=("K", "V"), vectors=3, episodes=12, max_steps=60, lanes=16)
+
+
+@pytest.fixture(scope="module")
+def balancer():
+    model, md = cartpole_dt()
+    return surgery.load(model, metadata=md)
+
+
+@pytest.fixture(scope="module")
+def run(balancer, tmp_path_factory):
+    out = tmp_path_factory.mktemp("atlas")
+    return atlas(balancer, out=out, workers=0, progress=False, **SMALL), out
+
+
+def _stored(out) -> dict:
+    """Every stored episode, (edit, episode) -> its fields, read from the SQLite file directly."""
+    import sqlite3
+
+    conn = sqlite3.connect(out / RESULTS_FILE)
+    try:
+        names = [f.name for f in dataclasses.fields(EditEpisode)]
+        rows = conn.execute(f"SELECT {', '.join(names)} FROM episodes").fetchall()
+    finally:
+        conn.close()
+    return {(r[-1], r[0]): r for r in rows}
+
+
+def test_the_balancer_atlas_finds_the_aligned_v_edits(run):
+    """(c) The known answer end to end: exactly V #0 and #1 of block 0 damage significantly, and they are aligned."""
+    a, out = run
+    sig = {(r["block"], r["weight"], r["idx"]) for r in a.rows.rows() if r["significant"]}
+    assert sig == {(0, "V", 0), (0, "V", 1)}
+    v = a.rows.where(block=0, weight="V")
+    assert np.all(v["damage"][:2] > 40) and np.all(v["failures_edited"][:2] == 1.0)
+    assert np.all(v["action_out_abs_cos"][:2] == pytest.approx(2 ** -0.5, abs=1e-3))
+    c = a.claim()
+    assert (c.table.aligned_damaging, c.table.aligned_harmless, c.table.unaligned_damaging) == (2, 0, 0)
+    assert c.criteria["aligned vectors are the damaging ones"]["holds"]
+    assert c.per_weight["K"].outcome == "not testable"
+    # Most edits stop at the first look: far fewer episodes than a fixed design.
+    assert a.cost["episodes"] < 0.5 * a.cost["episodes_fixed_design"]
+    assert set(a.rows["stopped"]) <= {"futility", "complete"} and sum(a.rows["stopped"] == "complete") >= 2
+
+
+def test_futility_changes_no_decision_on_the_balancer(balancer, run):
+    """The price of stopping early, on the known model: the same decisions as never stopping, for less."""
+    a, _ = run
+    full = atlas(balancer, workers=0, progress=False, futility=0.0, **SMALL)
+    assert np.array_equal(full.rows["significant"], a.rows["significant"])
+    assert full.cost["episodes"] == full.cost["episodes_fixed_design"] > a.cost["episodes"]
+
+
+def brute_force_p(d) -> float:
+    """The paired permutation p by enumerating every sign vector (CartPole returns are integers: exact)."""
+    sums = np.array(list(itertools.product([-1, 1], repeat=len(d)))) @ np.asarray(d, float)
+    return float(np.mean(np.abs(sums) >= abs(np.sum(d)) - 1e-9))
+
+
+def test_rows_agree_with_independent_computations(run, balancer):
+    a, out = run
+    stored = _stored(out)
+    d = a.design
+    # Every edit's p: the smallest enumerated permutation p over the looks it reached, each over its share w_k.
+    field = {f.name: i for i, f in enumerate(dataclasses.fields(EditEpisode))}
+    ret = lambda e, j: stored[(e, j)][field["episode_return"]]  # noqa: E731
+    p_star = []
+    for r in a.rows.rows():
+        e, n = r["edit"], r["episodes"]
+        assert all((e, j) in stored for j in range(n)) and not any((e, j) in stored for j in range(n, d.looks[-1]))
+        diffs = [ret(e, j) - ret(-1, j) for j in range(n)]
+        looks = [k for k in d.looks if k <= n]
+        w = np.diff([0.0] + [(k / d.looks[-1]) ** 2 for k in d.looks])  # the default spending, rho = 2
+        p_star.append(min(1.0, min(brute_force_p(diffs[:k]) / w[i] for i, k in enumerate(looks))))
+        assert r["damage"] == pytest.approx(-np.mean(diffs))
+    assert np.allclose(a.rows["p"], p_star, rtol=1e-9)
+    # Holm by its step-down definition.
+    order = np.argsort(p_star)
+    rejected = set()
+    for i, idx in enumerate(order):
+        if p_star[idx] > 0.05 / (len(p_star) - i):
+            break
+        rejected.add(idx)
+    assert rejected == set(np.flatnonzero(a.rows["significant"]))
+    # Sizes from the SVD in float64; alignment columns from a separate `surgery.alignment` call.
+    for r in a.rows.rows()[::4]:
+        W = (balancer.model.encoder.h[r["block"]].mlp.c_fc if r["weight"] == "K" else
+             balancer.model.encoder.h[r["block"]].mlp.c_proj).weight.detach().double()
+        S = torch.linalg.svdvals(W).numpy()
+        assert r["singular_value"] == pytest.approx(S[r["idx"]], rel=1e-6)
+        assert r["energy"] == pytest.approx(S[r["idx"]] ** 2 / np.sum(S ** 2), rel=1e-6)
+    vec = surgery.alignment(balancer, embeddings="action_out").vectors
+    for r in a.rows.rows():
+        side = {"K": "in", "V": "out"}[r["weight"]]
+        want = vec.where(block=r["block"], weight=r["weight"], side=side, idx=r["idx"])
+        assert r["action_out_abs_cos"] == pytest.approx(want["abs_cos"][0])
+        assert r["action_out_p_adj"] == pytest.approx(want["p_adj"][0])
+
+
+def test_an_interrupted_atlas_resumes_and_counts_add_up(balancer, run, tmp_path, monkeypatch):
+    a, out = run
+    calls = []
+    real = ResultsStore.add_many
+
+    def flaky(self, records):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(1)
+        real(self, records)
+
+    monkeypatch.setattr(ResultsStore, "add_many", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        atlas(balancer, out=tmp_path, workers=0, progress=False, **SMALL)
+    assert 0 < len(_stored(tmp_path)) < len(_stored(out))
+    monkeypatch.setattr(ResultsStore, "add_many", real)
+    again = atlas(balancer, out=tmp_path, workers=0, progress=False, **SMALL)
+    assert _stored(tmp_path).keys() == _stored(out).keys()
+    assert _stored(tmp_path) == _stored(out)  # the same records, each once
+    assert again.cost["episodes"] == a.cost["episodes"] and again.cost["env_steps_this_run"] < a.cost["env_steps"]
+    for c in ("damage", "p", "p_adj", "episodes", "stopped"):
+        assert list(again.rows[c]) == list(a.rows[c])
+
+
+def test_a_store_made_with_other_settings_is_refused_untouched(balancer, run):
+    _, out = run
+    before = _stored(out)
+    with pytest.raises(ValueError, match="holds results of another experiment.*settings"):
+        atlas(balancer, out=out, workers=0, progress=False, **{**SMALL, "episodes": 14})
+    assert _stored(out) == before
+
+
+def test_no_op_edits_flag_nothing_and_stop_at_once(balancer):
+    """(d) op scale 1.0 changes no weight: every edited episode is the baseline's, nothing is flagged."""
+    a = atlas(balancer, workers=0, progress=False, **{**SMALL, "op": "scale", "value": 1.0})
+    assert not a.rows["significant"].any() and np.all(a.rows["p"] == 1.0) and np.all(a.rows["damage"] == 0)
+    assert set(a.rows["stopped"]) == {"futility"} and a.claim().outcome == "not testable"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(op="zero", value=1.0), "takes no value"),
+    (dict(op="scale"), "needs value"),
+    (dict(op="keep_top"), "not an atlas edit"),
+    (dict(looks=(0.5, 0.2, 1.0)), "increasing fractions"),
+    (dict(weights=("MLP",)), "valid: K, V, OV, QK"),
+    (dict(blocks=(7,)), "out of range"),
+    (dict(episodes=0), "positive integer"),
+    (dict(typo=1), "unknown atlas setting"),
+])
+def test_bad_settings_are_refused_before_anything_is_written(balancer, tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        atlas(balancer, out=tmp_path / "out", workers=0, progress=False, **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
+def test_report_files(run):
+    a, out = run
+    for name in ("atlas.csv", "atlas.md", "atlas.html", "atlas.json", "plan.json", "figures/damage_heatmap.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert (out / "atlas.html").read_text().count("data:image/png;base64,") == 3
+    assert len((out / "atlas.csv").read_text().splitlines()) == len(a.rows) + 1
+    text = a.text()
+    assert "2 of 12 edits change the return significantly" in text and "b0 V #0" in text
+
+
+def test_the_lane_engine_gives_the_records_of_patch(balancer, monkeypatch):
+    """A task's records from the lane engine equal those of each edit applied with `surgery.patch` (discrete: exact)."""
+    import surgery.behaviour.rollout as rollout
+    from tests import lanes_reference
+
+    edits = plan_edits(balancer, AtlasSettings(weights=("K", "V", "OV"), vectors=2, blocks=(0,), op="constant"))
+    task = Task("t", None, ((-1, ()), *((i, (e,)) for i, e in enumerate(edits))), (0, 5),
+                Rollout(seed=3, target_return=500.0, max_steps=80, dtype="float32", lanes=8))
+    lanes = run_task(task, balancer)
+    monkeypatch.setattr(rollout, "run_lanes", lanes_reference.run_lanes)
+    patched = run_task(task, balancer)
+    key = lambda r: (r.edit, r.episode)  # noqa: E731
+    assert sorted(lanes.records, key=key) == sorted(patched.records, key=key)
+    assert lanes.env_steps == patched.env_steps
+
+
+def _fake_atlas(cos, damage, sv, weight, p_align, significant):
+    n = len(cos)
+    rows = Table({"weight": np.array(weight, dtype=object), "action_out_abs_cos": np.array(cos, float),
+                  "action_out_p_adj": np.array(p_align, float), "damage": np.array(damage, float),
+                  "singular_value": np.array(sv, float), "energy": np.array(sv, float) ** 2 / np.sum(np.square(sv)),
+                  "significant": np.array(significant, bool)})
+    assert len(rows) == n
+    return SimpleNamespace(rows=rows, embeddings=("action_out",), settings=SimpleNamespace(alpha=0.05),
+                           alignment_alpha=0.05)
+
+
+def test_the_claim_tells_alignment_from_size():
+    """Damage made of size alone is 'explained by size'; damage that follows alignment within sizes is 'supported'."""
+    rng = np.random.default_rng(0)
+    n = 200
+    sv = rng.uniform(0.2, 2.0, n)
+    cos = np.clip(0.1 + 0.2 * sv + rng.normal(0, 0.08, n), 0, 1)  # bigger vectors are more aligned, as in the zoo
+    aligned_p = np.where(cos > 0.45, 0.001, 0.5)
+    by_size = 30 * sv ** 2 + rng.normal(0, 3, n)
+    c = claim(_fake_atlas(cos, by_size, sv, ["K"] * n, aligned_p, by_size > 40), "action_out")
+    assert c.rho.low > 0 and not c.criteria["beyond size"]["holds"] and c.outcome == "explained by size"
+    # Four coarse bins are fooled here (size still varies inside each, and so does damage): the partial rho is not.
+    coarse = claim(_fake_atlas(cos, by_size, sv, ["K"] * n, aligned_p, by_size > 40), "action_out", per_bin=50)
+    assert coarse.within.low > 0 and coarse.partial_size.low < 0 < coarse.partial_size.high
+    assert not coarse.criteria["beyond size"]["holds"]
+    # A step in size (vectors above 1.1 are both more aligned and more vital) fools the partial rho, which
+    # adjusts linearly in ranks; the fine bins, all but one on one side of the step, are not fooled.
+    step = (sv > 1.1).astype(float)
+    cos_s, damage_s = 0.2 + 0.3 * step + rng.normal(0, 0.05, n), 50 * step + rng.normal(0, 5, n)
+    c = claim(_fake_atlas(cos_s, damage_s, sv, ["K"] * n, np.where(cos_s > 0.35, 0.001, 0.5), damage_s > 20),
+              "action_out")
+    assert c.partial_size.low > 0.1 and c.within.low < 0 and not c.criteria["beyond size"]["holds"]
+    by_alignment = 200 * np.maximum(cos - 0.3, 0) + rng.normal(0, 3, n)
+    c = claim(_fake_atlas(cos, by_alignment, sv, ["K"] * n, aligned_p, by_alignment > 30), "action_out")
+    assert c.within.low > 0 and c.table.p_fisher < 0.05 and c.outcome == "supported"
+    # The pooled within-bin rho is the Fisher-z average of the bins' own Spearman rhos.
+    from scipy import stats as sps
+
+    order = np.argsort(sv, kind="stable")
+    zs = [(len(p) - 3, math.atanh(sps.spearmanr(cos[p], by_alignment[p]).statistic))
+          for p in np.array_split(order, n // 20)]
+    assert c.within.rho == pytest.approx(math.tanh(sum(w * z for w, z in zs) / sum(w for w, _ in zs)))
+    with pytest.raises(ValueError, match="no alignment columns"):
+        claim(_fake_atlas(cos, by_size, sv, ["K"] * n, aligned_p, by_size > 40), "state_in")
