@@ -161,6 +161,16 @@ def test_no_op_edits_flag_nothing_and_stop_at_once(balancer):
     assert set(a.rows["stopped"]) == {"futility"} and a.claim().outcome == "not testable"
 
 
+def test_an_atlas_too_small_to_decide_says_so(balancer):
+    """With 4 pairs no edit can be significant: a warning before it runs, and the claim says why."""
+    a = atlas(balancer, workers=0, progress=False, **{**SMALL, "episodes": 4, "looks": (0.5, 1.0)})
+    assert any("no edit can be significant" in w and f"at least {a.design.pairs_needed()} episodes" in w
+               for w in a.warnings)
+    c = a.claim()
+    assert c.outcome == "too few episodes" and "TOO FEW EPISODES" in c.sentence
+    assert not a.rows["significant"].any()
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(op="zero", value=1.0), "takes no value"),
     (dict(op="scale"), "needs value"),
@@ -210,8 +220,10 @@ def _fake_atlas(cos, damage, sv, weight, p_align, significant):
                   "singular_value": np.array(sv, float), "energy": np.array(sv, float) ** 2 / np.sum(np.square(sv)),
                   "significant": np.array(significant, bool)})
     assert len(rows) == n
+    from surgery.experiments.sequential import Design
+
     return SimpleNamespace(rows=rows, embeddings=("action_out",), settings=SimpleNamespace(alpha=0.05),
-                           alignment_alpha=0.05)
+                           alignment_alpha=0.05, design=Design((10, 30), n, 0.05))
 
 
 def test_the_claim_tells_alignment_from_size():

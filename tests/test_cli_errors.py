@@ -153,7 +153,7 @@ def test_dt_bad_metadata_file(capsys, paths, tmp_path, monkeypatch, command, met
     (["analyze", "{dt}", "--top", "0"], "argument --top: must be a positive integer"),
     (["analyze", "{dt}", "--blocks", "-1"], "argument --blocks: must be a non-negative integer"),
     (["analyze", "{dt}", "--seed", "-1"], "argument --seed: must be a non-negative integer"),
-    (["evaluate", "{dt}", "--episodes", "0"], "argument --episodes: must be a positive integer"),
+    (["evaluate", "{dt}", "--episodes", "0"], "argument --episodes: must be at least 2"),
     (["evaluate", "{dt}", "--max-steps", "0"], "argument --max-steps: must be a positive integer"),
     (["validate", "{dt}", "--top", "0"], "argument --top: must be a positive integer"),
     (["zoo", "eval", "{dt}", "--episodes", "0"], "argument --episodes: must be a positive integer"),

@@ -43,9 +43,10 @@ def test_evaluate_a_checkpoint_directory_and_resume(checkpoint, tmp_path, capsys
 
 
 def test_bad_input_is_a_clear_error(tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        parse(["evaluate", "hopper", "--episodes", "0"])
-    assert "must be a positive integer" in capsys.readouterr().err
+    for n in ("0", "1"):
+        with pytest.raises(SystemExit):
+            parse(["evaluate", "hopper", "--episodes", n])
+        assert "must be at least 2" in capsys.readouterr().err
     args = parse(["evaluate", str(tmp_path / "missing"), "--quiet"])
     with pytest.raises((FileNotFoundError, ValueError), match="missing"):
         args.func(args)
@@ -86,3 +87,39 @@ def test_a_foreign_database_as_out_is_one_line_and_untouched(checkpoint, tmp_pat
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not a surgery results file (tables ['users'])" in err[0], err
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+@pytest.mark.parametrize("command", [["evaluate"], ["edit-eval", "--block", "0", "--weight", "K"],
+                                     ["validate", "--top", "1"], ["atlas", "--vectors", "1", "--workers", "0"]])
+@pytest.mark.parametrize("flags, message", [
+    (["--episodes", "1"], "must be at least 2|two looks fall on the same episode"),
+    (["--target-return", "nan"], "target_return must be a finite number"),
+    (["--target-return", "inf"], "target_return must be a finite number"),
+    (["--episodes", "1000000000"], "more than the .* GiB available; use at most about"),
+])
+def test_what_cannot_work_is_refused_before_anything_runs(checkpoint, tmp_path, capsys, command, flags, message):
+    """One line, exit 2, nothing written: not a traceback after the work, nor a run the kernel kills."""
+    import re
+
+    from surgery.cli.main import main
+
+    out = tmp_path / "out"
+    try:
+        rc = main([command[0], str(checkpoint), *command[1:], *flags, "--max-steps", "5", "--out", str(out), "--quiet"])
+    except SystemExit as e:  # argparse: its usage line, then the error
+        rc = e.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) <= 2 and re.search(message, err[-1]), err
+    assert not out.exists() or [p.name for p in out.rglob("*") if p.name != ".surgery.lock"] == []
+
+
+def test_the_memory_check_counts_every_run(monkeypatch):
+    from surgery.behaviour import episodes
+    from surgery.errors import SurgeryError
+
+    monkeypatch.setattr(episodes, "available_memory", lambda: 100 * episodes.BYTES_PER_EPISODE)
+    episodes.check_memory(100)
+    with pytest.raises(SurgeryError, match="101 episodes.*use at most about 100 episodes"):
+        episodes.check_memory(101)
+    monkeypatch.setattr(episodes, "available_memory", lambda: None)  # unknown: nothing is refused
+    episodes.check_memory(10**12)

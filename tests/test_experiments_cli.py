@@ -58,7 +58,7 @@ def test_bad_input_is_one_clear_line(checkpoint, tmp_path, capsys, argv, message
 
 @pytest.mark.parametrize("argv, message", [
     (["edit-eval", "M", "--block", "0", "--weight", "W"], "invalid choice: 'W'"),
-    (["edit-eval", "M", "--block", "0", "--weight", "K", "--episodes", "0"], "must be a positive integer"),
+    (["edit-eval", "M", "--block", "0", "--weight", "K", "--episodes", "0"], "must be at least 2"),
     (["validate", "M", "--top", "-1"], "must be a positive integer"),
     (["validate", "M", "--op", "scale"], "invalid choice: 'scale'"),
     (["validate", "M", "--weights", "MLP"], "invalid choice: 'MLP'"),

@@ -51,7 +51,7 @@ def test_partial_spearman_is_the_correlation_of_rank_residuals():
     assert c.rho == pytest.approx(reference) and c.low < c.rho < c.high
 
 
-def _validation(aligned, controls, rho_low, aligned_significant=True):
+def _validation(aligned, controls, rho_low, aligned_significant=True, episodes=200):
     """A stand-in Validation: per edit (damage, corrected p) for the aligned and the control edits."""
     def outcome(group, damage, p):
         target = SimpleNamespace(group=group, significant=aligned_significant and group == "aligned", p_adj=1e-9)
@@ -59,7 +59,8 @@ def _validation(aligned, controls, rho_low, aligned_significant=True):
 
     outcomes = [outcome("aligned", d, p) for d, p in aligned] + [outcome("control_same", d, p) for d, p in controls]
     return SimpleNamespace(
-        outcomes=outcomes, settings={"alpha": 0.05, "correction": "holm", "embedding": "action_out"},
+        outcomes=outcomes, settings={"alpha": 0.05, "correction": "holm", "embedding": "action_out",
+                                     "episodes": episodes},
         correlation=Correlation(0.8, rho_low, 0.95, 0.01, len(outcomes), "fisher-z"),
         group=lambda name: [o for o in outcomes if o.target.group == name],
     )
@@ -80,3 +81,42 @@ def test_verdict_criteria(aligned, controls, rho_low, outcome):
 def test_nothing_aligned_beyond_chance_is_not_testable():
     v = judge(_validation([(900, 1e-9)], [(0, 1.0)], 0.2, aligned_significant=False))
     assert v.outcome == "not testable" and "beyond chance" in v.sentence
+
+
+@pytest.mark.parametrize("pairs", [1, 2, 5, 9])
+def test_smallest_paired_p_is_what_the_tests_give_for_the_most_extreme_outcome(pairs):
+    """Every pair one way: scipy's exact Wilcoxon and binomial (McNemar) tests, and the sign-flip test."""
+    from surgery.stats import sign_flip_p, smallest_paired_p
+
+    d = np.arange(1.0, pairs + 1)
+    assert smallest_paired_p(pairs) == pytest.approx(stats.wilcoxon(d, method="exact").pvalue)
+    assert smallest_paired_p(pairs) == pytest.approx(stats.binomtest(pairs, pairs, 0.5).pvalue)
+    assert smallest_paired_p(pairs) == pytest.approx(sign_flip_p(d))
+
+
+@pytest.mark.parametrize("comparisons, correction", [(1, "holm"), (15, "holm"), (15, "bh"), (768, "bonferroni")])
+def test_too_few_pairs_names_the_smallest_p_and_the_pairs_needed(comparisons, correction):
+    from surgery.stats import adjust_pvalues, pairs_needed, smallest_paired_p, too_few_pairs
+
+    n = pairs_needed(0.05, comparisons, correction)
+    best = adjust_pvalues(np.full(comparisons, smallest_paired_p(n)), correction).min()
+    worse = adjust_pvalues(np.full(comparisons, smallest_paired_p(n - 1)), correction).min()
+    assert best < 0.05 <= worse  # n pairs can decide, n - 1 cannot
+    assert too_few_pairs(n, 0.05, comparisons, correction) is None
+    why = too_few_pairs(n - 1, 0.05, comparisons, correction)
+    assert why.startswith("too few episodes to decide") and f"at least {n} episodes" in why
+    assert f"{worse:.3g}" in why
+
+
+def test_five_pairs_cannot_decide_at_005():
+    """The issue's case: 5 of 5 falls, return 3326 -> 965, and the smallest p is 0.0625."""
+    from surgery.stats import too_few_pairs
+
+    assert too_few_pairs(5, 0.05) == ("too few episodes to decide: with 5 pairs the smallest attainable p is 0.0625, "
+                                      "not below alpha 0.05; at least 6 episodes are needed")
+
+
+def test_a_validation_too_small_to_decide_says_so_instead_of_not_supported():
+    v = judge(_validation([(900, 0.9), (800, 0.9)], [(0, 1.0), (5, 1.0)], -0.1, episodes=5))
+    assert v.outcome == "too few episodes" and "TOO FEW EPISODES" in v.sentence
+    assert "at least 8 episodes are needed" in v.sentence  # Holm across 4 edits: 4 * 2^(1-n) < 0.05

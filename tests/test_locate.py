@@ -86,3 +86,32 @@ def test_weight_table_is_ranked():
     assert w.row(0)["selectivity"] > 1.5 and w.row(0)["selectivity_z"] > 3
     p = w["best_p_adj"].astype(float)
     assert (np.diff(p) >= 0).all()
+
+
+def test_near_null_vectors_are_flagged_and_never_carriers():
+    """LunarLander's OV heads have triples with S ~ 1e-6: aligned or not, the weight ignores those directions."""
+    import surgery
+    from surgery.analysis.settings import NOISE
+
+    model = surgery.load("lunarlander")
+    loc = surgery.locate(model, embedding=None)
+    v = loc.alignment.vectors
+    for w in ("K", "V", "OV", "QK"):  # the flag is exactly S_i < noise x S_0 of the triple's own spectrum
+        for b in range(model.n_blocks):
+            S = surgery.decompose(model, b, w).S.double()
+            S = S[0] if w in ("OV", "QK") else S
+            mine = v.where(embedding="action_out", block=b, weight=w, head=0 if w in ("OV", "QK") else -1)
+            mine = mine.where(side=mine["side"][0])
+            want = (S < NOISE[w] * S[0]).numpy()[np.asarray(mine["idx"], int)]
+            assert np.array_equal(np.asarray(mine["near_null"], bool), want)
+            np.testing.assert_allclose(np.asarray(mine["energy"], float),
+                                       (S ** 2 / (S ** 2).sum()).numpy()[np.asarray(mine["idx"], int)], rtol=1e-9)
+    assert v["near_null"].astype(bool).any()  # the case exists in the shipped model
+    beyond = (v["p_adj"] < loc.alpha) & v["near_null"].astype(bool)
+    assert beyond.any()  # ... and some near-null vectors align beyond chance,
+    for name in loc.summary["embedding"]:
+        s = loc.summary.where(embedding=name).row(0)
+        assert s["n_near_null"] == int(beyond[v["embedding"] == name].sum())  # ... are counted apart,
+        assert not s["near_null"] or s["n_significant"] == 0  # ... never the strongest when another exists
+        carriers = loc.carriers(name)
+        assert not np.asarray(carriers["best_near_null"], bool).any() if len(carriers) else True

@@ -52,7 +52,7 @@ def test_markdown_and_tables(report, loc):
     table = [line for line in md.splitlines() if line.startswith("|")]
     cells = lambda line: len(re.findall(r"(?<!\\)\|", line)) - 1  # noqa: E731  (unescaped pipes)
     summary = table[:2 + 3]  # header, rule, one row per set
-    assert [cells(line) for line in summary] == [12] * 5, summary
+    assert [cells(line) for line in summary] == [13] * 5, summary
     # Every strongest vector's group cell says whether it is identifiable, as the summary table does.
     for line, r in zip(summary[2:], loc.summary.rows()):
         assert ("rotation-unstable #" in line) == (not r["identifiable"]) == ("| identifiable |" not in line)

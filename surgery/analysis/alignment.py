@@ -22,7 +22,7 @@ from adapters import WEIGHTS, Adapter, wrap
 from surgery.analysis.chance import Null, SubspaceNull, null_for, subspace_null_for
 from surgery.analysis.cosines import SearchSet, unit_rows
 from surgery.analysis.settings import FAMILIES, NOISE, AlignmentSettings
-from surgery.analysis.subspaces import projection_maxima, tie_threshold, ties
+from surgery.analysis.subspaces import near_null, projection_maxima, tie_threshold, ties
 from surgery.analysis.tables import Table
 from surgery.core.decomposition import RESIDUAL_SIDES, decompose
 from surgery.core.threads import torch_threads
@@ -51,6 +51,8 @@ class Group:
     group: np.ndarray  # first triple of the vector's group
     group_size: np.ndarray
     identifiable: np.ndarray
+    energy: np.ndarray  # per vector: S_i^2 / sum S^2, its share of the weight's (head's) energy
+    near_null: np.ndarray  # per vector: S_i below the weight's noise floor (subspaces.near_null)
     layout: "_Layout | None" = None  # made once by _layout
 
 
@@ -63,10 +65,12 @@ class Alignment:
     vector's tied group (group, group_size, identifiable)."""
     vectors: Table
     """Per (embedding, singular vector): its best label by |cos| and how far that is beyond chance; its
-    relative gap, tied group and identifiability; its group's subspace score (subspace_cos, subspace_label,
+    singular value, share of the weight's energy and whether it is below the noise floor (near_null);
+    its relative gap, tied group and identifiability; its group's subspace score (subspace_cos, subspace_label,
     subspace_p, subspace_p_adj)."""
     weights: Table
-    """Per (embedding, block, weight, head, side): how many vectors beat chance, the best one, the selectivity."""
+    """Per (embedding, block, weight, head, side): how many vectors beat chance (n_significant: above the noise
+    floor; n_near_null: below it, not counted), the best one (above the floor first), the selectivity."""
     groups: Table | None = None
     """Per (embedding, block, weight, head, side, group) searched: its size, subspace score, p and p_adj."""
     nulls: dict = field(default_factory=dict)
@@ -285,19 +289,23 @@ def _gather(adapter, weight, side, blocks, heads, vectors, fold_ln, dtype, metho
             pick = _select(vectors, S.shape[0])
             full = lambda v: np.full(pick.size, v)  # noqa: E731
             # A head's OV/QK (rank d_head < d_model) has the zeros of the complement below its last triple.
-            t = ties(S.double().numpy(), NOISE[weight] if noise is None else noise, shape(adapter, weight),
-                     complement=adapter.d_model > rank, complete=S.shape[0] == rank)
-            cols.append((full(b), full(h), pick, full(len(locations)), S[pick].double().numpy(),
-                         t.rel_gap[pick], t.group[pick], t.size[pick], t.identifiable[pick]))
+            level = NOISE[weight] if noise is None else noise
+            S64 = S.double().numpy()
+            t = ties(S64, level, shape(adapter, weight), complement=adapter.d_model > rank, complete=S.shape[0] == rank)
+            # (a fast route's k triples: the share of the energy they hold, a lower bound of the true share's base)
+            energy = S64 ** 2 / max(float((S64 ** 2).sum()), np.finfo(float).tiny)
+            cols.append((full(b), full(h), pick, full(len(locations)), S64[pick],
+                         t.rel_gap[pick], t.group[pick], t.size[pick], t.identifiable[pick], energy[pick],
+                         near_null(S64, level)[pick]))
             locations.append((b, h))
             triples.append((V.T, S))
             tied.append(t)
             rows.append(V[:, pick].T)
-    block, head, idx, location, sv, gap, grp, size, ident = (np.concatenate(c) for c in zip(*cols))
+    block, head, idx, location, sv, gap, grp, size, ident, energy, null = (np.concatenate(c) for c in zip(*cols))
     # Singular vectors are unit already; renormalising guards against drift in float32 products.
     D = unit_rows(torch.cat(rows), dtype)
     return Group(weight, side, D, block, head, idx, sv, location, rank, locations, triples, tied, gap, grp, size,
-                 ident)
+                 ident, energy, null)
 
 
 def shape(adapter, weight: str) -> tuple[int, int]:
@@ -551,6 +559,7 @@ def _vector_table(name, g: Group, sc: _Scored, labels) -> Table:
         "head": g.head, "side": np.full(n, g.side, dtype=object), "idx": g.idx, "singular_value": g.sv,
         "label": _label_strings(labels, sc.best_label), "label_index": sc.best_label,
         "cos": sc.best_cos, "abs_cos": np.abs(sc.best_cos), "p": sc.p, "p_adj": sc.p_adj, "z": sc.z,
+        "energy": g.energy, "near_null": g.near_null,
         "rel_gap": g.rel_gap, "group": g.group, "group_size": g.group_size, "identifiable": g.identifiable,
         "subspace_cos": gs.score[gs.row], "subspace_label": _group_labels(labels, gs.label)[gs.row],
         "subspace_p": gs.p[gs.row], "subspace_p_adj": gs.p_adj[gs.row],
@@ -566,35 +575,45 @@ def _group_labels(labels, index: np.ndarray) -> np.ndarray:
 
 def _weight_table(name, g: Group, sc: _Scored, labels, alpha: float) -> Table:
     L = len(g.locations)
-    cols = {k: [] for k in ("block", "head", "n_vectors", "n_significant", "n_tied", "selectivity", "selectivity_z",
-                            "best_idx", "best_label", "best_cos", "best_p_adj", "best_z", "best_identifiable")}
+    cols = {k: [] for k in ("block", "head", "n_vectors", "n_significant", "n_near_null", "n_tied", "selectivity",
+                            "selectivity_z",
+                            "best_idx", "best_label", "best_cos", "best_p_adj", "best_z", "best_identifiable",
+                            "best_singular_value", "best_energy", "best_near_null")}
     for loc, (b, h) in enumerate(g.locations):
         mine = np.flatnonzero(g.location == loc)
         cols["block"].append(b)
         cols["head"].append(h)
         cols["n_vectors"].append(mine.size)
-        cols["n_significant"].append(int((sc.p_adj[mine] < alpha).sum()))
+        beyond = sc.p_adj[mine] < alpha
+        cols["n_significant"].append(int((beyond & ~g.near_null[mine]).sum()))  # near-null ones carry nothing
+        cols["n_near_null"].append(int((beyond & g.near_null[mine]).sum()))
         cols["n_tied"].append(int((~g.identifiable[mine]).sum()))
         cols["selectivity"].append(sc.selectivity[loc])
         cols["selectivity_z"].append(sc.selectivity_z[loc])
-        if mine.size:
-            j = mine[np.lexsort((-np.abs(sc.best_cos[mine]), sc.p_adj[mine]))[0]]
+        if mine.size:  # the best: a vector above the noise floor first, then by p_adj, then by |cos|
+            j = mine[np.lexsort((-np.abs(sc.best_cos[mine]), sc.p_adj[mine], g.near_null[mine]))[0]]
             cols["best_idx"].append(int(g.idx[j]))
             cols["best_label"].append(str(labels[int(sc.best_label[j])]))
             cols["best_cos"].append(float(sc.best_cos[j]))
             cols["best_p_adj"].append(float(sc.p_adj[j]))
             cols["best_z"].append(float(sc.z[j]))
             cols["best_identifiable"].append(bool(g.identifiable[j]))
+            cols["best_singular_value"].append(float(g.sv[j]))
+            cols["best_energy"].append(float(g.energy[j]))
+            cols["best_near_null"].append(bool(g.near_null[j]))
         else:
             for c, v in (("best_idx", -1), ("best_label", ""), ("best_cos", np.nan), ("best_p_adj", np.nan),
-                         ("best_z", np.nan), ("best_identifiable", False)):
+                         ("best_z", np.nan), ("best_identifiable", False), ("best_singular_value", np.nan),
+                         ("best_energy", np.nan), ("best_near_null", False)):
                 cols[c].append(v)
     return Table({"embedding": np.full(L, name, dtype=object), "block": np.array(cols["block"], dtype=int),
                   "weight": np.full(L, g.weight, dtype=object), "head": np.array(cols["head"], dtype=int),
                   "side": np.full(L, g.side, dtype=object),
                   **{c: np.array(cols[c], dtype=object if c == "best_label" else None)
-                     for c in ("n_vectors", "n_significant", "n_tied", "selectivity", "selectivity_z", "best_idx",
-                               "best_label", "best_cos", "best_p_adj", "best_z", "best_identifiable")}},
+                     for c in ("n_vectors", "n_significant", "n_near_null", "n_tied", "selectivity", "selectivity_z",
+                               "best_idx",
+                               "best_label", "best_cos", "best_p_adj", "best_z", "best_identifiable",
+                               "best_singular_value", "best_energy", "best_near_null")}},
                  nullable=("head", "best_idx"))
 
 

@@ -86,7 +86,8 @@ def locate(model, embedding: str | Sequence[str] | None = "action_out", settings
 def from_alignment(a: Alignment) -> Location:
     """The ranking, weight table and summary of an alignment already computed."""
     v = a.vectors
-    ranking = v.sort("p_adj", "abs_cos", descending=[False, True])
+    # Near-null vectors (below the noise floor) rank after every other: they carry nothing reliably.
+    ranking = v.sort("near_null", "p_adj", "abs_cos", descending=[False, False, True])
     w = a.weights
     weights = w.sort("embedding", "best_p_adj", "n_significant", "selectivity", descending=[False, False, True, True])
     weights = Table.concat([weights.where(embedding=n) for n in a.settings.embeddings])
@@ -106,11 +107,14 @@ def _summary(a: Alignment, ranking: Table, weights: Table) -> Table:
         null = a.nulls[name]
         rows.append({
             "embedding": name, "n_labels": len(sets[name].labels), "n_searched": len(r),
-            "n_significant": int((r["p_adj"] < a.settings.alpha).sum()),
+            "n_significant": int(((r["p_adj"] < a.settings.alpha) & ~r["near_null"].astype(bool)).sum()),
+            "n_near_null": int(((r["p_adj"] < a.settings.alpha) & r["near_null"].astype(bool)).sum()),
             "threshold": a.threshold(name), "chance_mean": null.mean,
             "block": best["block"], "weight": best["weight"], "head": -1 if best["head"] is None else best["head"],
             "side": best["side"], "idx": best["idx"], "label": best["label"], "cos": best["cos"],
-            "p_adj": best["p_adj"], "z": best["z"], "identifiable": best["identifiable"], "group": best["group"],
+            "p_adj": best["p_adj"], "z": best["z"], "singular_value": best["singular_value"],
+            "energy": best["energy"], "near_null": best["near_null"],
+            "identifiable": best["identifiable"], "group": best["group"],
             "group_size": best["group_size"], "subspace_cos": best["subspace_cos"],
             "subspace_label": best["subspace_label"], "subspace_p_adj": best["subspace_p_adj"],
             "selective_block": sel["block"], "selective_weight": sel["weight"],
@@ -119,6 +123,17 @@ def _summary(a: Alignment, ranking: Table, weights: Table) -> Table:
         })
     cols = {k: [r[k] for r in rows] for k in rows[0]} if rows else {}
     return Table(cols, nullable=("head", "selective_head"))
+
+
+def size_note(row: dict, prefix: str = "") -> str:
+    """'S 0.82, 12.3% of the energy', or a near-null warning naming the floor.
+
+    row: a row of `Alignment.vectors` (or of a ranking or summary); `prefix` for a weights-table row ("best_").
+    """
+    S, energy = row[f"{prefix}singular_value"], row[f"{prefix}energy"]
+    if row[f"{prefix}near_null"]:
+        return f"near-null: S {S:.2g}, {100 * energy:.2g}% of the energy, below the noise floor: carries nothing reliably"
+    return f"S {S:.3g}, {100 * energy:.3g}% of the energy"
 
 
 def tie_note(row: dict) -> str:
@@ -159,10 +174,10 @@ def describe(loc: Location, name: str, max_weights: int = 4) -> str:
     carriers = loc.carriers(name)
     lines = [head]
     if len(carriers) == 0:
-        note = tie_note(s)
+        note = "; ".join(n for n in (size_note(s), tie_note(s)) if n)
         lines.append(f"  no weight is more aligned than chance; the strongest was "
                      f"{where(s['block'], s['weight'], s['head'], s['side'])} #{s['idx']} "
-                     f"{s['label']!r} cos {s['cos']:+.3f} (p_adj {s['p_adj']:.2g})" + (f" [{note}]." if note else "."))
+                     f"{s['label']!r} cos {s['cos']:+.3f} (p_adj {s['p_adj']:.2g}) [{note}].")
     else:
         r = loc.ranking.where(embedding=name)
         unstable = int(((r["p_adj"] < loc.alpha) & ~r["identifiable"].astype(bool)).sum())
@@ -172,9 +187,13 @@ def describe(loc: Location, name: str, max_weights: int = 4) -> str:
             note = tie_note(_vector_row(loc, name, r["block"], r["weight"], r["head"], r["side"], r["best_idx"]))
             lines.append(f"  - {where(r['block'], r['weight'], r['head'], r['side'])}: {r['n_significant']} of "
                          f"{r['n_vectors']}; best #{r['best_idx']} {r['best_label']!r} cos {r['best_cos']:+.3f} "
-                         f"(p_adj {r['best_p_adj']:.2g}, z {r['best_z']:.1f})" + (f" [{note}]" if note else ""))
+                         f"(p_adj {r['best_p_adj']:.2g}, z {r['best_z']:.1f}; {size_note(r, 'best_')})"
+                         + (f" [{note}]" if note else ""))
         if len(carriers) > max_weights:
             lines.append(f"  - ... and {len(carriers) - max_weights} more")
+    if s["n_near_null"]:
+        lines.append(f"  not counted: {s['n_near_null']} vector(s) beyond chance whose singular value is below the "
+                     "weight's noise floor (near-null: the weight ignores those directions)")
     verb = "writes" if s["selective_side"] == "out" and s["selective_weight"] != "QK" else "reads"
     selective = where(s["selective_block"], s["selective_weight"], s["selective_head"], s["selective_side"])
     lines.append(f"  most selective for it: {selective}, which {verb} its directions {s['selectivity']:.2f}x as "

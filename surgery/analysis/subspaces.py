@@ -42,7 +42,7 @@ import torch
 from surgery.analysis.settings import NOISE
 from surgery.errors import SurgeryError
 
-__all__ = ["MAX_SIN", "NOISE", "Ties", "ties", "tie_threshold", "projection_maxima", "perturbation"]
+__all__ = ["MAX_SIN", "NOISE", "Ties", "ties", "tie_threshold", "near_null", "projection_maxima", "perturbation"]
 
 MAX_SIN = 0.5
 """The typical turn (sin of the angle) at which a vector stops counting as identifiable: 30 degrees."""
@@ -118,6 +118,19 @@ def ties(S, noise: float, shape: tuple[int, int], complement: bool = False, comp
 
 
 # ---- scoring a group as a subspace ------------------------------------------------------------------
+def near_null(S, noise: float) -> np.ndarray:
+    """Per triple: is its singular value below the weight's noise floor, `noise` x S_0?
+
+    A perturbation of spectral norm `noise` x S_0 (retraining noise, measured: NOISE) moves every
+    singular value by at most that much (Weyl), so a triple below it could be noise alone: the
+    weight does not reliably carry its direction, and removing it changes the weight by less than
+    retraining does. Such a triple is never reported as a carrier, however well its vector aligns
+    (LunarLander's best return_out vector had S = 3.2e-6 against S_0 = 0.82).
+    """
+    S = np.asarray(S, dtype=float)
+    return S < float(noise) * (S[0] if S.size else 0.0)
+
+
 def projection_maxima(bases: list[torch.Tensor], E: torch.Tensor, complement: list[bool] | None = None,
                       chunk_elements: int = 16 * 2 ** 20):
     """Per basis B [k, d] (orthonormal rows): max_j |B e_j| over the unit rows e_j of E [n, d], and the argmax j.

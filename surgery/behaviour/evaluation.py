@@ -25,7 +25,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from surgery.behaviour.episodes import SEED_SCHEME, EpisodeRecord, episode_seed, is_failure
+from surgery.behaviour.episodes import SEED_SCHEME, EpisodeRecord, check_memory, episode_seed, is_failure
 from surgery.behaviour.lanes import LaneEdits
 from surgery.behaviour.metadata import DTMetadata
 from surgery.behaviour.policy import DTPolicy
@@ -198,8 +198,9 @@ def evaluate_runs(model, runs: Sequence[Run], episodes: int = 100, seed: int = 0
     Each run with `out` keeps its own results store and resumes from it. Returns one EvalResult per run.
     Edits are validated, and every store opened, before any episode runs.
     """
-    if episodes < 1:
-        raise SurgeryError(f"episodes must be at least 1, got {episodes}")
+    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
+        raise SurgeryError(f"episodes must be a positive integer, got {episodes!r}")
+    check_memory(episodes * len(runs), f"{len(runs)} run(s) of {episodes:,} episodes")
     if batch_size < 1:
         raise SurgeryError(f"batch_size must be at least 1, got {batch_size}")
     runs = [r if isinstance(r, Run) else Run(*r) for r in runs]

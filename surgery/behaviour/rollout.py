@@ -26,6 +26,8 @@ by side, as episode-major jobs put them; tests/test_rollout.py). Padding changes
 """
 from __future__ import annotations
 
+import math
+import numbers
 import os
 from dataclasses import dataclass
 from typing import Callable, NamedTuple, Sequence
@@ -34,7 +36,7 @@ import numpy as np
 import torch
 
 from surgery.behaviour.envs import env_info
-from surgery.behaviour.episodes import EpisodeRecord, episode_seed, is_failure
+from surgery.behaviour.episodes import EpisodeRecord, check_memory, episode_seed, is_failure
 from surgery.behaviour.lanes import LaneEdits
 from surgery.behaviour.metadata import DTMetadata
 from surgery.behaviour.policy import DTPolicy
@@ -148,6 +150,10 @@ def prepare(model, metadata: DTMetadata | None = None, env=None, env_kwargs: dic
         if not md.target_returns:
             raise SurgeryError("no target_return given and the metadata lists no target_returns")
         target_return = md.target_returns[0]
+    if isinstance(target_return, bool) or not isinstance(target_return, numbers.Real) \
+            or not math.isfinite(target_return):
+        raise SurgeryError(f"target_return must be a finite number (a return in the environment's units, e.g. "
+                           f"{md.target_returns[0] if md.target_returns else 3600}), got {target_return!r}")
     if max_steps is not None and max_steps < 1:
         raise SurgeryError(f"max_steps must be at least 1, got {max_steps}")
     time_limit = max_steps or env_limit or md.max_ep_len
@@ -216,6 +222,7 @@ def run_lanes(model, edits, jobs, *, seed: int, on_finish: Callable[[Job, Episod
     setting = prepare(model, metadata, env, env_kwargs, target_return, max_steps)
     lane_edits = _lane_edits(setting.module, edits)
     checked = check_jobs(jobs, 0 if lane_edits is None else len(lane_edits))
+    check_memory(len(checked), "run_lanes")
     policy = DTPolicy(setting.module, dtype, edits=lane_edits)
     return play(setting, policy, checked, seed=seed, lanes=lanes, on_finish=on_finish, on_steps=on_steps,
                 on_trajectory=on_trajectory)

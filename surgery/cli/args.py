@@ -14,6 +14,15 @@ def positive_int(text: str) -> int:
     return value
 
 
+def episode_count(text: str) -> int:
+    """argparse type: episodes of a run, at least 2 (one episode has no spread, and pairs no test)."""
+    value = _int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be at least 2, got {text!r}: one episode has no confidence interval "
+                                         "and one pair no test (6 pairs are the fewest that can reach p < 0.05)")
+    return value
+
+
 def non_negative_int(text: str) -> int:
     """argparse type: an integer >= 0."""
     value = _int(text)
@@ -45,7 +54,8 @@ def add_rollout_arguments(p, episodes: int) -> None:
     """The model and how it is played: options shared by `evaluate` and the edit experiments."""
     p.add_argument("model", metavar="MODEL", help="zoo name (e.g. hopper) or Hugging Face checkpoint directory")
     p.add_argument("--metadata", help="metadata JSON for a checkpoint directory without metadata.json")
-    p.add_argument("--episodes", type=positive_int, default=episodes, help=f"episodes per run (default {episodes})")
+    p.add_argument("--episodes", type=episode_count, default=episodes, help=f"episodes per run, at least 2 "
+                   f"(default {episodes})")
     p.add_argument("--seed", type=non_negative_int, default=0,
                    help="run seed; episode i is reset with a seed derived from (seed, i), so every run with "
                         "this seed faces the same initial states (default 0)")

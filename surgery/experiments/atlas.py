@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import tempfile
 import time
 from contextlib import contextmanager
@@ -231,6 +230,7 @@ class _Sweep:
     """One atlas run: the store, the model reference, the stages, and the rows at the end."""
 
     def __init__(self, adapter, s: AtlasSettings, edits, out, runner, progress: bool, source, metadata_file):
+        from surgery.behaviour.episodes import check_memory
         from surgery.behaviour.evaluation import weights_sha256
         from surgery.behaviour.rollout import prepare
         from surgery.experiments.sequential import Design, schedule
@@ -240,6 +240,7 @@ class _Sweep:
         if self.out is not None and self.out.exists() and not self.out.is_dir():
             raise SurgeryError(f"out={str(self.out)!r} exists and is not a directory")
         self.source, self.metadata_file = source, metadata_file
+        check_memory(s.episodes * (len(edits) + 1), f"this atlas ({len(edits)} edits and a baseline)")
         setting = prepare(adapter, target_return=s.target_return, max_steps=s.max_steps)
         self.env_id, self.env_identity, self.time_limit = setting.env_id, setting.env_identity, setting.time_limit
         self.s = s = replace(s, target_return=setting.target_return, value=edits[0].value)
@@ -251,7 +252,7 @@ class _Sweep:
                 f"no edit can be significant: with {s.episodes} pairs the smallest p is 2^{1 - s.episodes}, above "
                 f"the last look's bound {self.design.efficacy_p(self.design.K - 1):.2g} (its share "
                 f"{self.design.weights[-1]:.2f} of alpha/m = {s.alpha:g}/{len(edits)}); use at least "
-                f"{_pairs_needed(self.design)} episodes or fewer edits")
+                f"{self.design.pairs_needed()} episodes or fewer edits")
 
     # -- identity and storage --
     def spec(self) -> dict:
@@ -445,8 +446,3 @@ def _edits_hash(edits) -> str:
     from surgery.experiments.edits import tag
 
     return hashlib.sha256(json.dumps([tag(e) for e in edits], sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _pairs_needed(design) -> int:
-    """The fewest pairs with which 2^(1-n) is within the last look's bound w_K alpha / m."""
-    return 1 + math.ceil(math.log2(1 / design.efficacy_p(design.K - 1)))

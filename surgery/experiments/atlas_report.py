@@ -29,8 +29,10 @@ HOW_TO_READ = (
 
 # ---- what goes in ---------------------------------------------------------------------------------
 def where(r: dict) -> str:
+    """'b1 K #4'; a triple in a tied group is marked '~' (its own vector is rotation-unstable), a near-null one '°'."""
     head = "" if r["head"] is None else f" h{r['head']}"
-    return f"b{r['block']} {r['weight']}{head} #{r['idx']}"
+    marks = ("" if r.get("identifiable", True) else "~") + ("°" if r.get("near_null", False) else "")
+    return f"b{r['block']} {r['weight']}{head} #{r['idx']}{marks}"
 
 
 def _lines_head(a) -> list[str]:
@@ -127,6 +129,10 @@ def _sections(a):
              aligned_harmless(a))]
 
 
+MARKS = ("* aligned beyond chance; ~ in a tied group (its own vector, and so its |cos|, is rotation-unstable: "
+         "only the group's span is determined); ° near-null (singular value below the noise floor)")
+
+
 # ---- renderings ----------------------------------------------------------------------------------
 def text(a, claim=None) -> str:
     claim = claim or a.claim()
@@ -139,6 +145,8 @@ def text(a, claim=None) -> str:
         rows = table_rows(a, t)
         widths = [max(len(x) for x in col) for col in zip(TABLE_HEAD, *rows)]
         lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in [TABLE_HEAD, *rows]]
+    if any(len(t) for _, _, t in _sections(a)):
+        lines.append(f"marks: {MARKS}")
     if a.files:
         lines.append(f"report: {a.files.get('html', '')}")
     return "\n".join(lines)
@@ -182,7 +190,8 @@ def markdown(a, claim=None, figures: dict | None = None) -> str:
         if figures and name in figures:
             parts.append(f"![{name}](figures/{name}.png)\n\n_{figures[name][1]}_")
     for title, note, t in _sections(a):
-        parts += [f"## {title}", note, _md_table(TABLE_HEAD, table_rows(a, t)) if len(t) else "_none_"]
+        parts += [f"## {title}", note + (f" Marks: {MARKS}." if len(t) else ""),
+                  _md_table(TABLE_HEAD, table_rows(a, t)) if len(t) else "_none_"]
     parts += ["## How to read it", HOW_TO_READ, "Files: atlas.csv (every row), atlas.json, atlas.html, plan.json, "
               "episodes.sqlite (every episode)."]
     return "\n\n".join(p for p in parts if p) + "\n"
@@ -208,7 +217,7 @@ def html(a, claim=None, figures: dict | None = None) -> str:
         out = ["<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in TABLE_HEAD) + "</tr>"]
         for row in table_rows(a, t):
             out.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>")
-        return "\n".join(out) + "</table>"
+        return "\n".join(out) + f"</table><p class='muted'>{esc(MARKS)}</p>"
 
     title = f"Causal atlas: {a.model['model']}"
     crit = "".join(f"<li>{'✔' if v['holds'] else '✘'} <b>{esc(k)}</b>: {esc(v['detail'])}</li>"

@@ -13,7 +13,8 @@ RESAMPLES = 1999  # bootstrap resamples per edit's interval: thousands of edits,
 
 
 def alignment_columns(align, edits, op: str) -> tuple[dict, tuple]:
-    """Per embedding set: each edit's best |cos|, its label, side, z and p_adj, from one `alignment` result.
+    """Per embedding set: each edit's best |cos|, its label, side, z and p_adj, from one `alignment` result;
+    per edit: whether the triple is identifiable (not in a tied group) and near-null (below the noise floor).
 
     A zero or scale edit changes the whole triple, so where both sides face the residual stream (OV,
     QK) the side with the smaller p_adj (then the larger |cos|) speaks for it; a constant edit
@@ -42,6 +43,16 @@ def alignment_columns(align, edits, op: str) -> tuple[dict, tuple]:
         cols.update({f"{emb}_abs_cos": np.array(abs_cos, float), f"{emb}_cos": np.array(cos, float),
                      f"{emb}_label": np.array(label, dtype=object), f"{emb}_side": np.array(side_col, dtype=object),
                      f"{emb}_z": np.array(z, float), f"{emb}_p_adj": np.array(p_adj, float)})
+    # Properties of the triple, not of an embedding (one spectrum): whether its vector is identifiable one
+    # by one (not inside a tied group: its per-vector alignment would be rotation-unstable), and near-null.
+    first = sets[0] if sets else None
+    ident, null = [], []
+    for e in edits:
+        k = (first, e.block, e.weight, -1 if e.head is None else e.head, RESIDUAL_SIDES[e.weight][0], e.idx)
+        i = key.get(k)
+        ident.append(bool(v["identifiable"][i]) if i is not None else True)
+        null.append(bool(v["near_null"][i]) if i is not None else False)
+    cols.update({"identifiable": np.array(ident, bool), "near_null": np.array(null, bool)})
     return cols, sets
 
 

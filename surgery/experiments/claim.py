@@ -15,7 +15,8 @@ the largest. Criteria (alpha is the atlas's):
      below the alignment's alpha), significantly damaging edits are over-represented (Fisher's
      exact test, one-sided p < alpha).
 supported: 1, 2 and 3. partly supported: 2 and one of 1, 3. explained by size: 1 or 3 without 2.
-not supported: neither 1 nor 3. not testable: no edit lowers the return significantly.
+not supported: neither 1 nor 3. not testable: no edit lowers the return significantly. too few
+episodes: the same, when with the atlas's episodes no edit could have (`Design.reachable`).
 Also reported, not criteria: rho per weight type, partial rho holding the singular value (and
 the energy share) fixed, the size-damage rho itself, precision and recall of "aligned" as a
 predictor of "significantly damaging".
@@ -98,7 +99,7 @@ class Claim:
     strata: tuple
     table: Table2x2
     outcome: str
-    """"supported", "partly supported", "explained by size", "not supported" or "not testable"."""
+    """"supported", "partly supported", "explained by size", "not supported", "not testable" or "too few episodes"."""
     sentence: str
     criteria: dict
     """Criterion -> {"holds": bool, "detail": str}."""
@@ -131,7 +132,8 @@ def claim(atlas, embedding: str = "action_out", per_bin: int = 20, seed: int = 0
     table = _table(aligned, damaging)
     kinds = tuple(dict.fromkeys(weight.tolist()))
     out = _judge(embedding, kinds, len(cos), rho, size, partial_spearman(cos, damage, sv),
-                 partial_spearman(cos, damage, energy), within, tuple(strata), table, alpha, damaging.any())
+                 partial_spearman(cos, damage, energy), within, tuple(strata), table, alpha, damaging.any(),
+                 atlas.design)
     if weights is None and len(kinds) > 1:
         per = {w: claim(atlas, embedding, per_bin, seed, weights=(w,)) for w in kinds}
         out = Claim(**{**out.__dict__, "per_weight": per})
@@ -174,7 +176,7 @@ def _above(c: Correlation) -> bool:
 
 
 def _judge(embedding, weights, n, rho, size, partial_size, partial_energy, within, strata, table, alpha,
-           any_damage) -> Claim:
+           any_damage, design) -> Claim:
     c1, c2 = _above(rho), _above(within) and _above(partial_size)
     testable_2x2 = table.aligned_damaging + table.aligned_harmless > 0
     c3 = testable_2x2 and table.p_fisher < alpha
@@ -190,8 +192,9 @@ def _judge(embedding, weights, n, rho, size, partial_size, partial_energy, withi
             f"damaging (precision {t.precision:.2f} against a base rate of {t.base_rate:.2f}; recall "
             f"{t.recall:.2f}); Fisher's exact p = {t.p_fisher:.2g} (one-sided)"},
     }
+    unreachable = not design.reachable()
     if not any_damage:
-        outcome = "not testable"
+        outcome = "too few episodes" if unreachable else "not testable"
     elif c1 and c2 and c3:
         outcome = "supported"
     elif c2 and (c1 or c3):
@@ -207,5 +210,8 @@ def _judge(embedding, weights, n, rho, size, partial_size, partial_energy, withi
                 f"{t.unaligned_damaging}/{n_unaligned} unaligned vectors significantly damaging: {outcome.upper()}")
     if outcome == "not testable":
         sentence += " (no edit lowers the return significantly: there is no damage to predict)"
+    elif outcome == "too few episodes":
+        sentence += (f" (no edit could be significant: with {design.looks[-1]} pairs the smallest p is above "
+                     f"the last look's bound; at least {design.pairs_needed()} episodes are needed)")
     return Claim(embedding, tuple(weights), n, rho, size, partial_size, partial_energy, within, strata, table, outcome,
                  sentence, criteria)

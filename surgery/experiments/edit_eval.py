@@ -149,6 +149,9 @@ def edit_eval(model, edit, *, episodes: int = 200, seed: int = 0, target_return:
     out: a directory for the two results stores (resumable), the report, the figures and the video.
     video: also render episode 0 with and without the edit side by side (out/video.gif, video.mp4).
     """
+    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 2:
+        raise SurgeryError(f"episodes must be an integer of at least 2 (pairs for the paired tests; 6 are the fewest "
+                           f"that can reach p < 0.05), got {episodes!r}")
     adapter = adapter_with_metadata(model, "edit_eval")
     if isinstance(edit, Patch):  # e.g. a saved patch: its lanes add its saved factors
         if edit.adapter.model is not adapter.model:
@@ -209,7 +212,7 @@ def _verdict(d, failures, alpha: float) -> str:
     ret = d.p_wilcoxon < alpha
     fail = failures.p_mcnemar < alpha
     if not ret and not fail:
-        return f"no significant change in return or failures at alpha {alpha:g}"
+        return stats.too_few_pairs(d.n, alpha) or f"no significant change in return or failures at alpha {alpha:g}"
     parts = []
     if ret:
         parts.append("return " + ("lowered" if d.mean_difference.value < 0 else "raised"))

@@ -154,6 +154,10 @@ class Design:
         """Whether any edit can be significant: the smallest p with N pairs, 2^(1-N), is within the last look's bound."""
         return 2.0 ** (1 - self.looks[-1]) <= self.efficacy_p(self.K - 1)
 
+    def pairs_needed(self) -> int:
+        """The fewest pairs N with which 2^(1-N) is within the last look's bound w_K alpha / m."""
+        return 1 + math.ceil(math.log2(1 / self.efficacy_p(self.K - 1)))
+
     def p_final(self, p_looks) -> float:
         """p* = min(1, min_k p_k / w_k) over the looks reached (any test's p-values: also McNemar's)."""
         return combine_looks(p_looks, self.weights)

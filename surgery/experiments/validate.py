@@ -16,7 +16,9 @@ from pathlib import Path
 import torch
 
 from surgery import stats
+from surgery.behaviour.episodes import check_memory
 from surgery.behaviour.evaluation import EvalResult, Run, evaluate_runs, weights_sha256
+from surgery.behaviour.rollout import prepare
 from surgery.core.patching import validate_edit
 from surgery.errors import SurgeryError
 from surgery.experiments import edits as edit_specs
@@ -144,6 +146,9 @@ def validate(model, embedding: str = "action_out", *, top: int = 5, controls: in
         raise SurgeryError(f"correction={correction!r} is not known; valid: 'holm', 'bh'")
     if not 0 < alpha < 1:
         raise SurgeryError(f"alpha={alpha!r} must be between 0 and 1")
+    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 2:
+        raise SurgeryError(f"episodes must be an integer of at least 2 (pairs for the paired tests; 6 are the fewest "
+                           f"that can reach p < 0.05), got {episodes!r}")
     adapter = adapter_with_metadata(model, "validate")
     out = None if out is None else Path(out)
     settings = {
@@ -153,6 +158,11 @@ def validate(model, embedding: str = "action_out", *, top: int = 5, controls: in
         "seed": seed, "target_return": target_return, "dtype": str(dtype).replace("torch.", ""),
         "max_steps": max_steps, "alpha": alpha, "correction": correction,
     }
+    # What the rollout would refuse is refused before the plan is written.
+    prepare(adapter, target_return=target_return, max_steps=max_steps)
+    if isinstance(top, int) and isinstance(controls, (int, type(None))):  # (choose_targets checks them)
+        most = top + 2 * (top if controls is None else controls)
+        check_memory(episodes * (1 + most), f"this validation (up to {most} edits and a baseline)")
     targets = _plan(adapter, settings, out)
     names, edits, runs = [], [], [Run(out=None if out is None else out / "baseline")]
     counters = dict.fromkeys(GROUPS, 0)

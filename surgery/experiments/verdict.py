@@ -8,6 +8,8 @@ corrected across all edits (level alpha):
   3. damage rises with alignment: Spearman's rho over all edited vectors has its CI above 0.
 supported: all three. partly supported: 1 and one of 2, 3. not supported: otherwise.
 not testable: no chosen vector is aligned beyond chance, so there is no "aligned" edit to test.
+too few episodes: so few that no edit could be significant after the correction (with 5 pairs the
+smallest p is 0.0625; `stats.too_few_pairs` says how many are needed): no verdict either way.
 Also reported, not a criterion: a one-sided Mann-Whitney U test of aligned against control
 damages, over edits (with 2 aligned and 4 controls its smallest possible p is 1/15).
 """
@@ -38,7 +40,7 @@ class GroupDamage:
 @dataclass(frozen=True)
 class Verdict:
     outcome: str
-    """"supported", "partly supported", "not supported" or "not testable"."""
+    """"supported", "partly supported", "not supported", "not testable" or "too few episodes"."""
     sentence: str
     """One line: aligned damage, control damage, rho, and the outcome."""
     criteria: dict
@@ -87,8 +89,11 @@ def judge(v) -> Verdict:
         "damage rises with alignment": {"holds": c3, "detail": f"{rho.describe()} over {rho.n} edited vectors"},
     }
     n_aligned_sig = sum(o.target.significant for o in aligned)
+    too_few = stats.too_few_pairs(v.settings["episodes"], alpha, len(v.outcomes), v.settings["correction"])
     if n_aligned_sig == 0:
         outcome = "not testable"
+    elif too_few:
+        outcome = "too few episodes"
     elif c1 and c2 and c3:
         outcome = "supported"
     elif c1 and (c2 or c3):
@@ -98,6 +103,8 @@ def judge(v) -> Verdict:
     sentence = (f"aligned edits: mean damage {_est(a.mean)} ({a.n_significant}/{a.n} significant); "
                 f"controls: {_est(k.mean)} ({k.n_significant}/{k.n}); "
                 f"{rho.describe('Spearman rho =')}, p = {rho.p:.2g}: {outcome.upper()}")
+    if outcome == "too few episodes":
+        sentence += f" ({too_few}: no edit could have been significant)"
     if outcome == "not testable":
         best = min(o.target.p_adj for o in aligned)
         sentence += (f" (no singular vector is aligned with {v.settings['embedding']} beyond chance on this model; "

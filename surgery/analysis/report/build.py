@@ -151,12 +151,12 @@ def _fmt_p(p) -> str:
 
 def _summary_rows(loc: Location) -> tuple[list[str], list[list[str]]]:
     head = ["embedding", "labels", "vectors searched", "beyond chance", "needs |cos| ≥", "strongest singular vector",
-            "label", "cos", "p_adj", "z", "its group (span)", "most selective weight"]
+            "σ (energy share)", "label", "cos", "p_adj", "z", "its group (span)", "most selective weight"]
     rows = []
     for r in loc.summary.rows():
         rows.append([r["embedding"], str(r["n_labels"]), str(r["n_searched"]), str(r["n_significant"]),
                      f"{r['threshold']:.3f}", f"{where(r['block'], r['weight'], r['head'], r['side'])} #{r['idx']}",
-                     F.visible(r["label"]), f"{r['cos']:+.3f}", _fmt_p(r["p_adj"]), f"{r['z']:.1f}", group_cell(r),
+                     _fmt_size(r), F.visible(r["label"]), f"{r['cos']:+.3f}", _fmt_p(r["p_adj"]), f"{r['z']:.1f}", group_cell(r),
                      f"{where(r['selective_block'], r['selective_weight'], r['selective_head'], r['selective_side'])}"
                      f" ×{r['selectivity']:.2f} (z {r['selectivity_z']:.1f})"])
     return head, rows
@@ -165,18 +165,25 @@ def _summary_rows(loc: Location) -> tuple[list[str], list[list[str]]]:
 def _finding_rows(loc: Location, name: str) -> tuple[list[str], list[list]]:
     found = findings(loc, name)
     few = any("all" in f for f in found)  # a set of fewer than 2k labels: one column, each label once
-    head = ["where", "idx", "σ", "best label", "cos", "p", "p_adj", "z", "gap", "identifiable", "span |proj|",
+    head = ["where", "idx", "σ (energy share)", "best label", "cos", "p", "p_adj", "z", "gap", "identifiable",
+            "span |proj|",
             "span label", "span p_adj"]
     head += ["cos with every label"] if few else ["most positive", "most negative"]
     rows = []
     for f in found:
         ident = "yes" if f["identifiable"] else group_cell(f).split(":")[0]
         span = f["subspace_cos"]
-        rows.append([f["where"], str(f["idx"]), f"{f['singular_value']:.3g}", F.visible(f["label"]), f["cos"],
+        rows.append([f["where"], str(f["idx"]), _fmt_size(f), F.visible(f["label"]), f["cos"],
                      _fmt_p(f["p"]), f["p_adj"], f"{f['z']:.1f}", _fmt_gap(f["rel_gap"]), ident,
                      "-" if span is None else f"{span:.3f}", F.visible(f["subspace_label"] or "-"),
                      _fmt_p(f["subspace_p_adj"]), *([f["all"]] if few else [f["top"], f["bottom"]])])
     return head, rows
+
+
+def _fmt_size(row) -> str:
+    """'1.61 (4.7%)'; a near-null vector (below its weight's noise floor) is flagged."""
+    cell = f"{row['singular_value']:.3g} ({100 * row['energy']:.2g}%)"
+    return cell + " near-null" if row["near_null"] else cell
 
 
 def _fmt_gap(g) -> str:

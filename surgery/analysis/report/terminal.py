@@ -56,20 +56,22 @@ def ties_line(loc: Location) -> str:
     sizes = ", ".join(f"{w} {noise[w]:g}" for w in a.settings.weights)
     return (f"Ties: neighbours closer than ({gaps}) x S_0 are tied: retraining noise ||E|| = ({sizes}) x S_0\n"
             f"would typically turn them by more than {math.degrees(math.asin(MAX_SIN)):.0f} degrees (first-order "
-            f"perturbation theory); a tied group is scored as a subspace.")
+            f"perturbation theory); a tied group is scored as a subspace. A vector whose S is below ||E|| is\n"
+            f"near-null (noise alone could put it there): flagged, never counted as a carrier.")
 
 
 def table(loc: Location) -> str:
     """One line per embedding set."""
-    head = ("embedding", "labels", "beyond chance", "needs |cos|", "strongest singular vector", "label", "cos", "p_adj",
-            "its group (span)")
+    head = ("embedding", "labels", "beyond chance", "needs |cos|", "strongest singular vector", "S (energy)", "label",
+            "cos", "p_adj", "its group (span)")
     rows = [head]
     for r in loc.summary.rows():
+        size = f"{r['singular_value']:.3g} ({100 * r['energy']:.2g}%)" + (" near-null" if r["near_null"] else "")
         rows.append((r["embedding"], str(r["n_labels"]), str(r["n_significant"]), f"{r['threshold']:.3f}",
-                     f"{where(r['block'], r['weight'], r['head'], r['side'])} #{r['idx']}", _short(r["label"]),
+                     f"{where(r['block'], r['weight'], r['head'], r['side'])} #{r['idx']}", size, _short(r["label"]),
                      f"{r['cos']:+.3f}", f"{r['p_adj']:.2g}", group_cell(r)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    right = {1, 2, 3, 6, 7}
+    right = {1, 2, 3, 7, 8}
     lines = ["  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths)))
              for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
