@@ -1,4 +1,5 @@
-"""`surgery edit-eval` and `surgery validate`: an edit's effect on behaviour, and the study's claim tested."""
+"""`surgery edit-eval`, `surgery validate` and `surgery laser`: an edit's effect on behaviour, the study's claim
+tested, and whether cutting a weight's rank ever helps."""
 from __future__ import annotations
 
 import json
@@ -15,6 +16,7 @@ from surgery.names import REMOVAL_OPS, SCALAR_OPS, SIDES, WEIGHTS
 def register(subparsers) -> None:
     _register_edit_eval(subparsers)
     _register_validate(subparsers)
+    _register_laser(subparsers)
 
 
 def _common(p) -> None:
@@ -82,6 +84,33 @@ def _register_validate(subparsers) -> None:
                    help="multiple-comparison correction across edits: holm (family-wise) or bh (FDR)")
     p.add_argument("--out", type=Path, help="output directory (default runs/validate/MODEL-EMBEDDING[-WEIGHTS]-OP)")
     p.set_defaults(func=run_validate)
+
+
+def _register_laser(subparsers) -> None:
+    from surgery.experiments.settings import LASER_FRACTIONS as FRACTIONS
+    from surgery.experiments.settings import LASER_WEIGHTS
+
+    p = subparsers.add_parser(
+        "laser", help="LASER: cut each weight to a fraction of its rank and test whether any cut raises the return",
+        description="Replace each (block, weight) by its best rank-k approximation (keep_top, k = fraction x "
+                    "rank; OV and QK in every head), for each kept fraction, and play paired episodes against one "
+                    "shared baseline on the same seeds, all as lanes of one batched rollout. Each cut gets a "
+                    "one-sided paired test for an increase of the mean return, corrected across the cuts. Every "
+                    "episode is stored as it finishes; rerunning the same command resumes. Writes "
+                    "laser.csv/.md/.json.")
+    add_rollout_arguments(p, episodes=30)
+    p.add_argument("--weights", nargs="+", choices=WEIGHTS, metavar="W", default=list(LASER_WEIGHTS),
+                   help=f"weights to cut (default {' '.join(LASER_WEIGHTS)})")
+    p.add_argument("--blocks", nargs="+", type=non_negative_int, metavar="B", help="blocks (default: all)")
+    p.add_argument("--fractions", nargs="+", type=float, metavar="F", default=list(FRACTIONS),
+                   help=f"kept fractions of the rank (default {' '.join(map(str, FRACTIONS))})")
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
+    p.add_argument("--correction", choices=("holm", "bonferroni", "bh", "by", "none"), default="holm",
+                   help="correction across the cuts (default holm: family-wise)")
+    p.add_argument("--out", type=Path, help="output directory (default runs/laser/MODEL)")
+    p.add_argument("--json", action="store_true", help="print the results as JSON instead of the table")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run_laser)
 
 
 def _name(model: str) -> str:
@@ -223,3 +252,30 @@ def _json(d: dict) -> str:
     from surgery.files import jsonable
 
     return json.dumps(jsonable(d), indent=2, allow_nan=False)
+
+
+def run_laser(args) -> int:
+    with output_lock(args.out):
+        return _laser(args)
+
+
+def _laser(args) -> int:
+    from surgery.experiments.laser import laser
+
+    if args.bf16:
+        raise SurgeryError("--bf16 is not offered for laser: an improvement smaller than bfloat16's rounding "
+                           "of the actions would be an artefact of it")
+    out = check_out_dir(args.out or Path("runs") / "laser" / _name(args.model))
+    model = load_dt(args)
+    with _one_run(out, args.episodes) as reused:
+        result = laser(model, weights=tuple(args.weights), blocks=args.blocks, fractions=tuple(args.fractions),
+                       episodes=args.episodes, seed=args.seed, target_return=args.target_return,
+                       max_steps=args.max_steps, alpha=args.alpha, correction=args.correction, out=out,
+                       progress=not args.quiet, source=args.model)
+    if args.json:
+        print(_json({"settings": result.settings, "sentence": result.sentence, "rows": result.rows.rows()}))
+    else:
+        print(result.markdown())
+        print(f"saved: {', '.join(str(p) for p in result.files.values())}")
+    _note(reused)
+    return 0

@@ -1,17 +1,22 @@
-"""The settings of an atlas, as one typed record (importing it loads no torch: the CLI builds its flags from it)."""
+"""The settings of an atlas, as one typed record, and laser's defaults (importing this loads no torch: the CLI
+builds its flags from it)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from surgery.names import CORRECTIONS, WEIGHTS
 
-__all__ = ["AtlasSettings", "ATLAS_OPS", "ATLAS_DTYPES"]
+__all__ = ["AtlasSettings", "ATLAS_OPS", "ATLAS_DTYPES", "LASER_FRACTIONS", "LASER_WEIGHTS"]
 
 ATLAS_OPS = ("zero", "constant", "scale")
 """zero: remove the triple. constant: the study's edit (the residual-facing vector set to value * ones).
 scale: multiply the singular value by value (1.0 changes nothing: a null atlas)."""
 
 ATLAS_DTYPES = ("float32", "bfloat16")
+
+LASER_FRACTIONS = (0.02, 0.1, 0.25, 0.5, 0.75)
+"""`laser`'s kept fractions of each weight's rank (LASER's most useful reductions keep 1-10%; 0.75 is a mild cut)."""
+LASER_WEIGHTS = ("K", "V", "OV")
 
 
 @dataclass(frozen=True)
