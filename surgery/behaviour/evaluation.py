@@ -177,6 +177,14 @@ def evaluate(model, episodes: int = 100, seed: int = 0, target_return: float | N
     tag: anything JSON-able naming the experiment (e.g. the edit), part of the stored fingerprint.
     env_kwargs: keyword arguments for gymnasium.make.
     trajectories: keep every episode's observations, actions sent, rewards and model outputs.
+
+    Example (the same initial states with and without an edit: compare episode by episode):
+
+    >>> hopper = surgery.load("hopper")
+    >>> base = evaluate(hopper, episodes=200, seed=0)
+    >>> with surgery.patch(hopper, block=1, weight="K", idx=0):
+    ...     edited = evaluate(hopper, episodes=200, seed=0)
+    >>> c = surgery.stats.compare(base, edited)   # paired tests, effect sizes, failures (a Comparison)
     """
     (result,) = evaluate_runs(model, [Run(out=out, tag=tag)], episodes, seed, target_return, env, metadata, dtype,
                               progress, max_steps=max_steps, batch_size=batch_size, env_kwargs=env_kwargs,

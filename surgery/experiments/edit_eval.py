@@ -145,7 +145,7 @@ def edit_eval(model, edit, *, episodes: int = 200, seed: int = 0, target_return:
     """Evaluate `model` without and with `edit` (an Edit, a dict, a list applied together, or a Patch of this
     model, such as `surgery.load_patch(DIR, model)`) on the same seeds.
 
-    model: an adapter from `surgery.load` (with .metadata) or a zoo name / checkpoint directory.
+    model: a loaded decision transformer with metadata (`surgery.load("hopper")`); a name is refused.
     out: a directory for the two results stores (resumable), the report, the figures and the video.
     video: also render episode 0 with and without the edit side by side (out/video.gif, video.mp4).
     """
@@ -174,7 +174,7 @@ def edit_eval(model, edit, *, episodes: int = 200, seed: int = 0, target_return:
                   "time_limit": baseline.time_limit},
     )
     if out is not None:
-        write_outputs(result, Path(out), adapter if video else None, video_kwargs)
+        write_outputs(result, Path(out), adapter if video else None, {"progress": progress, **(video_kwargs or {})})
     return result
 
 
