@@ -45,6 +45,12 @@ def _lines_head(a) -> list[str]:
     c = a.cost
     share = c["episodes"] / c["episodes_fixed_design"] if c["episodes_fixed_design"] else float("nan")
     wall = c.get("wall_seconds")
+    if wall is not None:  # a resumed run's clock covers only the steps it played itself
+        resumed = c.get("env_steps_this_run", c["env_steps"]) < c["env_steps"]
+        this = f"{100 * c.get('env_steps_this_run', 0) / max(c['env_steps'], 1):.0f}% of the steps"
+        timing = f", {wall / 60:.1f} min" + (f" for this run ({this}; the rest was stored earlier)" if resumed else "")
+    else:
+        timing = ""
     return [
         f"{m['model']} ({m['env_id']}, weights {m['weights_sha256'][:12]}): {len(a.rows)} edits of {vectors} of "
         f"{', '.join(s.weights)} in {blocks}, op {s.op}{value}",
@@ -56,7 +62,7 @@ def _lines_head(a) -> list[str]:
         f"cost: {c['episodes']} episodes of the {c['episodes_fixed_design']} a fixed design plays "
         f"({100 * share:.0f}%), "
         f"{c['env_steps']:,} environment steps"
-        + (f", {wall / 60:.1f} min" if wall is not None else "") + f", {c['where']}; stopped: "
+        + timing + f", {c['where']}; stopped: "
         + ", ".join(f"{n} {why}" for why, n in c["stopped"].items()),
     ]
 
