@@ -27,7 +27,7 @@ _EXPORTS = {
     "EvalResult": "surgery.behaviour.evaluation", "evaluate": "surgery.behaviour.evaluation",
     "evaluate_pair": "surgery.behaviour.evaluation",
     "atlas": "surgery.experiments.atlas", "Atlas": "surgery.experiments.atlas",
-    "AtlasSettings": "surgery.experiments.settings",
+    "AtlasSettings": "surgery.experiments.settings", "ValidateSettings": "surgery.experiments.settings",
     "SurgeryError": "surgery.errors",
 }
 _MODULES = ("stats",)
@@ -44,7 +44,7 @@ if TYPE_CHECKING:  # what editors and type checkers see through the lazy exports
     from surgery.core.patching import Edit, Patch, patch
     from surgery.core.saved import load_patch
     from surgery.experiments.atlas import Atlas, atlas
-    from surgery.experiments.settings import AtlasSettings
+    from surgery.experiments.settings import AtlasSettings, ValidateSettings
     from surgery.errors import SurgeryError
     from surgery.loading import load
 

@@ -10,6 +10,7 @@ import pytest
 from scipy import stats
 
 from surgery.experiments.correlation import Correlation, partial_spearman, spearman
+from surgery.experiments.settings import ValidateSettings
 from surgery.experiments.verdict import judge
 
 
@@ -59,8 +60,8 @@ def _validation(aligned, controls, rho_low, aligned_significant=True, episodes=2
 
     outcomes = [outcome("aligned", d, p) for d, p in aligned] + [outcome("control_same", d, p) for d, p in controls]
     return SimpleNamespace(
-        outcomes=outcomes, settings={"alpha": 0.05, "correction": "holm", "embedding": "action_out",
-                                     "episodes": episodes},
+        outcomes=outcomes, settings=ValidateSettings(alpha=0.05, correction="holm", embedding="action_out",
+                                                     episodes=episodes),
         correlation=Correlation(0.8, rho_low, 0.95, 0.01, len(outcomes), "fisher-z"),
         group=lambda name: [o for o in outcomes if o.target.group == name],
     )

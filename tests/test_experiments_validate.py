@@ -111,6 +111,100 @@ def test_a_plan_made_with_other_settings_is_refused(balancer, tmp_path):
         validate(balancer, top=1, controls=1, episodes=2, max_steps=11, out=tmp_path, progress=False)
 
 
+# What validate wrote before its settings became a ValidateSettings: a stored plan or report keeps these keys,
+# in this order, so a run made before resumes and readers of validate.json see the same record.
+PLAN_KEYS = ["settings", "targets", "weights_sha256"]
+PLAN_SETTINGS = ["embedding", "top", "controls", "weights", "alpha", "op", "value"]
+REPORT_KEYS = ["baseline", "baseline_median_steps_to_failure", "correlation", "correlation_energy",
+               "correlation_failures", "edits", "experiment", "files", "model", "partial_correlation", "settings",
+               "verdict"]
+REPORT_SETTINGS = ["embedding", "top", "controls", "weights", "op", "value", "seed", "target_return", "dtype",
+                   "max_steps", "alpha", "correction", "episodes", "time_limit"]
+
+
+def test_the_settings_record_round_trips_through_a_dict_and_json():
+    from dataclasses import asdict
+
+    from surgery.experiments.settings import ValidateSettings
+
+    s = ValidateSettings("state_in", top=3, controls=2, weights=("K", "V"), op="zero", seed=4, target_return=900.0,
+                         dtype="bfloat16", max_steps=300, alpha=0.01, correction="bh", episodes=50)
+    assert ValidateSettings(**asdict(s)) == s
+    assert ValidateSettings(**json.loads(json.dumps(asdict(s)))) == s  # JSON's lists become tuples again
+    assert ValidateSettings(weights="K").weights == ("K",)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"top": 0}, "top=0 must be a positive integer"),
+    ({"controls": -1}, "controls=-1 must be a non-negative integer"),
+    ({"weights": ["MLP"]}, "['MLP'] not known; valid: K, V, OV, QK"),
+    ({"weights": []}, "name at least one; valid: K, V, OV, QK"),
+    ({"op": "scale"}, "op='scale' is not a validate edit; valid: 'constant', 'zero'"),
+    ({"op": "zero", "value": 1.0}, "op='zero' takes no value"),
+    ({"seed": -1}, "seed=-1 must be a non-negative integer"),
+    ({"dtype": "float16"}, "dtype='float16' is not supported; valid: float32, bfloat16"),
+    ({"max_steps": 0}, "max_steps=0 must be a positive integer"),
+    ({"alpha": 2}, "alpha=2 must be between 0 and 1"),
+    ({"correction": "by"}, "correction='by' is not known; valid: 'holm', 'bh'"),
+    ({"episodes": 1}, "episodes must be an integer of at least 2"),
+    ({"episodes": True}, "episodes must be an integer of at least 2"),
+])
+def test_bad_settings_are_refused_saying_what_is_valid(balancer, bad, message):
+    from surgery.errors import SurgeryError
+    from surgery.experiments.settings import ValidateSettings
+
+    with pytest.raises(SurgeryError) as record:
+        ValidateSettings(**bad)
+    assert message in str(record.value)
+    with pytest.raises(SurgeryError) as call:  # the same words from validate, before anything runs
+        validate(balancer, progress=False, **bad)
+    assert str(call.value) == str(record.value)
+
+
+def test_keywords_and_a_settings_record_resolve_alike(balancer, tmp_path):
+    import torch
+
+    from surgery.errors import SurgeryError
+    from surgery.experiments.settings import ValidateSettings
+    from surgery.experiments.validate import _resolve
+
+    record = ValidateSettings("state_in", top=3, dtype="bfloat16", weights=("K",))
+    assert _resolve("state_in", {"top": 3, "dtype": torch.bfloat16, "weights": ["K"]}) == record
+    assert _resolve(None, {"embedding": "state_in", "top": 3, "dtype": "bfloat16", "weights": "K"}) == record
+    overrides = {"embedding": "state_in", "dtype": "bfloat16", "weights": ("K",)}
+    assert _resolve(ValidateSettings(top=3), overrides) == record
+    with pytest.raises(SurgeryError, match=r"unknown validate setting\(s\) \['topp'\]; valid: alpha, controls, "):
+        validate(balancer, topp=3)
+    with pytest.raises(SurgeryError, match="the embedding is given twice"):
+        validate(balancer, "action_out", embedding="state_in")
+    old = validate(balancer, "action_out", top=1, episodes=2, max_steps=10, dtype=torch.float32, out=tmp_path,
+                   progress=False)
+    new = validate(balancer, ValidateSettings(top=1, episodes=2, max_steps=10), out=tmp_path, progress=False)
+    assert old.settings == new.settings == ValidateSettings(top=1, episodes=2, max_steps=10, value=1 / 64,
+                                                            target_return=500.0)  # the defaults as used
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert sorted(plan) == PLAN_KEYS and list(plan["settings"]) == PLAN_SETTINGS
+    assert plan["settings"] == {"embedding": "action_out", "top": 1, "controls": None, "weights": None,
+                                "alpha": 0.05, "op": "constant", "value": 1 / 64}
+    report = json.loads((tmp_path / "validate.json").read_text())
+    assert sorted(report) == REPORT_KEYS and list(report["settings"]) == REPORT_SETTINGS
+    assert report["settings"] == {"embedding": "action_out", "top": 1, "controls": None, "weights": None,
+                                  "op": "constant", "value": 1 / 64, "seed": 0, "target_return": 500.0,
+                                  "dtype": "float32", "max_steps": 10, "alpha": 0.05, "correction": "holm",
+                                  "episodes": 2, "time_limit": 10}
+
+
+def test_the_command_line_defaults_are_the_records():
+    from surgery.cli.args import settings_from_args
+    from surgery.cli.main import build_parser
+    from surgery.experiments.settings import ValidateSettings
+
+    args = build_parser().parse_args(["validate", "M"])
+    assert settings_from_args(ValidateSettings, args, dtype="float32") == ValidateSettings()
+    args = build_parser().parse_args(["validate", "M", "--weights", "K", "V", "--controls", "0", "--op", "zero"])
+    assert settings_from_args(ValidateSettings, args, dtype="float32").weights == ("K", "V")
+
+
 CLI = "import sys; from surgery import cli; sys.exit(cli.main(sys.argv[1:]))"
 
 

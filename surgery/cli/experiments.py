@@ -8,9 +8,20 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from surgery.cli.args import add_rollout_arguments, check_out_dir, load_dt, non_negative_int, output_lock, positive_int
+from surgery.cli.args import (
+    add_rollout_arguments,
+    add_settings_arguments,
+    check_out_dir,
+    load_dt,
+    non_negative_int,
+    output_lock,
+    settings_from_args,
+)
 from surgery.errors import SurgeryError
-from surgery.names import REMOVAL_OPS, SCALAR_OPS, SIDES, WEIGHTS
+from surgery.names import SCALAR_OPS, SIDES, WEIGHTS
+
+ROLLOUT_SETTINGS = ("episodes", "seed", "target_return", "max_steps", "dtype")
+"""ValidateSettings fields whose flags the shared rollout options add (dtype as --bf16)."""
 
 
 def register(subparsers) -> None:
@@ -60,6 +71,8 @@ def _register_edit_eval(subparsers) -> None:
 
 
 def _register_validate(subparsers) -> None:
+    from surgery.experiments.settings import ValidateSettings
+
     p = subparsers.add_parser(
         "validate", help="test the study's claim: edits of embedding-aligned singular vectors damage behaviour, "
                          "matched controls do not",
@@ -69,19 +82,7 @@ def _register_validate(subparsers) -> None:
                     "Spearman correlation of alignment with damage and whether the claim holds. Every episode is "
                     "stored as it finishes; rerunning the same command resumes.")
     _common(p)
-    p.add_argument("--embedding", default="action_out", help="embedding set (default action_out)")
-    p.add_argument("--top", type=positive_int, default=5, help="aligned vectors to edit (default 5)")
-    p.add_argument("--controls", type=non_negative_int,
-                   help="controls of each kind, same weight and other weight (default: --top)")
-    p.add_argument("--weights", nargs="+", choices=WEIGHTS, metavar="W",
-                   help="take the aligned vectors from these weights only, e.g. --weights K for the study's "
-                        "claim about K vectors (default: any of K V OV QK)")
-    p.add_argument("--op", choices=REMOVAL_OPS, default="constant",
-                   help="constant: the study's edit (VALUE * ones, default 1/d_model); zero: remove the triple")
-    p.add_argument("--value", type=float, help="the constant (op constant only)")
-    p.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
-    p.add_argument("--correction", choices=("holm", "bh"), default="holm",
-                   help="multiple-comparison correction across edits: holm (family-wise) or bh (FDR)")
+    add_settings_arguments(p, ValidateSettings, skip=ROLLOUT_SETTINGS)
     p.add_argument("--out", type=Path, help="output directory (default runs/validate/MODEL-EMBEDDING[-WEIGHTS]-OP)")
     p.set_defaults(func=run_validate)
 
@@ -207,21 +208,17 @@ def run_validate(args) -> int:
 
 
 def _validate(args) -> int:
-    import torch
-
+    from surgery.experiments.settings import ValidateSettings
     from surgery.experiments.validate import validate
 
     if args.op == "zero" and args.value is not None:
         raise SurgeryError("--op zero takes no --value")
+    settings = settings_from_args(ValidateSettings, args, dtype="bfloat16" if args.bf16 else "float32")
     only = f"-{'-'.join(args.weights)}" if args.weights else ""
     out = check_out_dir(args.out or Path("runs") / "validate" / f"{_name(args.model)}-{args.embedding}{only}-{args.op}")
     model = load_dt(args)
     with _one_run(out, args.episodes) as reused:
-        result = validate(model, args.embedding, top=args.top, controls=args.controls, weights=args.weights,
-                          op=args.op, value=args.value,
-                          episodes=args.episodes, seed=args.seed, target_return=args.target_return, out=out,
-                          dtype=torch.bfloat16 if args.bf16 else torch.float32, max_steps=args.max_steps,
-                          alpha=args.alpha, correction=args.correction, progress=not args.quiet, source=args.model)
+        result = validate(model, settings, out=out, progress=not args.quiet, source=args.model)
     print(_json(result.to_dict()) if args.json else result.text())
     _note(reused)
     return 0

@@ -12,7 +12,7 @@ _EXPORTS = {
     "EditEvaluation": "edit_eval", "edit_eval": "edit_eval",
     "Target": "selection", "choose_targets": "selection",
     "EditOutcome": "validate", "Validation": "validate", "validate": "validate",
-    "Atlas": "atlas", "atlas": "atlas", "AtlasSettings": "settings",
+    "Atlas": "atlas", "atlas": "atlas", "AtlasSettings": "settings", "ValidateSettings": "settings",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,12 +1,15 @@
-"""The settings of an atlas, as one typed record, and laser's defaults (importing this loads no torch: the CLI
-builds its flags from it)."""
+"""The settings of an atlas and of a validation, each as one typed record, and laser's defaults (importing this
+loads no torch: the CLI builds its flags from it)."""
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 
-from surgery.names import CORRECTIONS, WEIGHTS
+from surgery.errors import SurgeryError
+from surgery.names import CORRECTIONS, REMOVAL_OPS, WEIGHTS
 
-__all__ = ["AtlasSettings", "ATLAS_OPS", "ATLAS_DTYPES", "LASER_FRACTIONS", "LASER_WEIGHTS"]
+__all__ = ["AtlasSettings", "ATLAS_OPS", "ATLAS_DTYPES", "ValidateSettings", "VALIDATE_CORRECTIONS", "LASER_FRACTIONS",
+           "LASER_WEIGHTS"]
 
 ATLAS_OPS = ("zero", "constant", "scale")
 """zero: remove the triple. constant: the study's edit (the residual-facing vector set to value * ones).
@@ -67,3 +70,83 @@ class AtlasSettings:
     """Episodes played together in one batched forward; also the size of one task (edits x episodes)."""
     embedding: str = "action_out"
     """Embedding set of the claim in the report's headline (Atlas.claim takes any)."""
+
+
+VALIDATE_CORRECTIONS = ("holm", "bh")
+"""holm: family-wise error across a validation's edits; bh: Benjamini-Hochberg false discovery rate."""
+
+
+@dataclass(frozen=True)
+class ValidateSettings:
+    """What `validate` edits, how many episodes it plays, and how it decides.
+
+    The same object is the parameter, the record stored with the results (resolved: `value` and
+    `target_return` replaced by what was used), the report's header, and the source of `surgery validate`'s
+    flags. A bad value is refused when the record is made; what needs the model (the embedding set,
+    target_return) is checked by the run.
+    """
+
+    embedding: str = "action_out"
+    """Embedding set the aligned vectors are aligned with."""
+    top: int = field(default=5, metadata={"positive": True})
+    """Aligned vectors to edit: at most this many, those aligned beyond chance (if none is, the top-ranked)."""
+    controls: int | None = field(default=None, metadata={"nonnegative": True})
+    """Controls of each kind, same weight and other weight (default: one per aligned vector)."""
+    weights: tuple[str, ...] | None = field(default=None, metadata={"choices": WEIGHTS, "metavar": "W"})
+    """Take the aligned vectors from these weights only, e.g. K for the study's claim about K vectors (default:
+    any weight)"""  # no full stop: the flag's help goes on with "; choices: ..."
+    op: str = field(default="constant", metadata={"choices": REMOVAL_OPS})
+    """constant: the study's edit (the vector set to value * ones); zero: remove the triple."""
+    value: float | None = None
+    """The constant (op constant only; default 1/d_model)."""
+    seed: int = field(default=0, metadata={"nonnegative": True})
+    """Run seed: episode i is reset with a seed derived from (seed, i), so every run with this seed faces the same
+    initial states."""
+    target_return: float | None = None
+    """Return-to-go to condition on (default: the metadata's first)."""
+    dtype: str = field(default="float32", metadata={"choices": ATLAS_DTYPES})
+    """Precision of the forward (bfloat16: faster, actions differ slightly)."""
+    max_steps: int | None = field(default=None, metadata={"positive": True})
+    """Cut episodes at this many steps (default: the environment's limit)."""
+    alpha: float = 0.05
+    """Significance level: of the aligned vectors' selection (surgery.locate) and of the corrected tests."""
+    correction: str = field(default="holm", metadata={"choices": VALIDATE_CORRECTIONS})
+    """Multiple-comparison correction across edits: holm (family-wise) or bh (false discovery rate)."""
+    episodes: int = 200
+    """Paired episodes per run (the baseline's and every edit's), at least 2."""
+
+    def __post_init__(self):
+        w = self.weights
+        if w is not None and not isinstance(w, tuple):  # "K", or a list (as JSON stores it): the record stays hashable
+            object.__setattr__(self, "weights", (w,) if isinstance(w, str) else tuple(w))
+        if not _whole(self.top) or self.top < 1:
+            raise SurgeryError(f"top={self.top!r} must be a positive integer")
+        if self.controls is not None and (not _whole(self.controls) or self.controls < 0):
+            raise SurgeryError(f"controls={self.controls!r} must be a non-negative integer")
+        unknown = [w for w in self.weights or () if w not in WEIGHTS]
+        if unknown or self.weights == ():
+            what = f"{unknown} not known" if unknown else "name at least one"
+            raise SurgeryError(f"weights={list(self.weights)!r}: {what}; valid: {', '.join(WEIGHTS)}")
+        if self.op not in REMOVAL_OPS:
+            raise SurgeryError(f"op={self.op!r} is not a validate edit; valid: {', '.join(map(repr, REMOVAL_OPS))}")
+        if self.op == "zero" and self.value is not None:
+            raise SurgeryError("op='zero' takes no value")
+        if not _whole(self.seed) or self.seed < 0:
+            raise SurgeryError(f"seed={self.seed!r} must be a non-negative integer")
+        if self.dtype not in ATLAS_DTYPES:
+            raise SurgeryError(f"dtype={self.dtype!r} is not supported; valid: {', '.join(ATLAS_DTYPES)}")
+        if self.max_steps is not None and (not _whole(self.max_steps) or self.max_steps < 1):
+            raise SurgeryError(f"max_steps={self.max_steps!r} must be a positive integer")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, numbers.Real) or not 0 < self.alpha < 1:
+            raise SurgeryError(f"alpha={self.alpha!r} must be between 0 and 1")
+        if self.correction not in VALIDATE_CORRECTIONS:
+            raise SurgeryError(f"correction={self.correction!r} is not known; valid: "
+                               f"{', '.join(map(repr, VALIDATE_CORRECTIONS))}")
+        if not _whole(self.episodes) or self.episodes < 2:
+            raise SurgeryError(f"episodes must be an integer of at least 2 (pairs for the paired tests; 6 are the "
+                               f"fewest that can reach p < 0.05), got {self.episodes!r}")
+
+
+def _whole(x) -> bool:
+    """An integer, and not a bool (True is an int to Python, never a count here)."""
+    return isinstance(x, int) and not isinstance(x, bool)

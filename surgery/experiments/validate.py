@@ -10,7 +10,7 @@ with a paired test, correct across edits, and correlate alignment with damage.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
@@ -26,12 +26,13 @@ from surgery.experiments import verdict as verdicts
 from surgery.experiments.correlation import Correlation, partial_spearman, spearman
 from surgery.experiments.output import adapter_with_metadata, model_identity
 from surgery.experiments.selection import GROUPS, Target, choose_targets
-from surgery.files import save_figure, to_json, write_atomic
-from surgery.names import REMOVAL_OPS
+from surgery.experiments.settings import ValidateSettings
+from surgery.files import jsonable, save_figure, to_json, write_atomic
 
-"""constant: the study's edit (the vector set to value * ones, default 1/d_model). zero: the triple removed."""
 PLAN_FILE, REPORT_JSON, REPORT_MD = "plan.json", "validate.json", "validate.md"
 PREFIX = {"aligned": "A", "control_same": "S", "control_other": "O"}
+PLAN_KEYS = ("embedding", "top", "controls", "weights", "alpha", "op", "value")
+"""The settings that choose the edited vectors: stored in plan.json, and a resumed run must match them."""
 
 
 @dataclass
@@ -85,7 +86,8 @@ class Validation:
     """Everything `validate` measured and concluded."""
 
     model: dict
-    settings: dict
+    settings: ValidateSettings
+    """Resolved: `value` and `target_return` are what was used."""
     baseline: EvalResult
     outcomes: list[EditOutcome]
     correlation: Correlation
@@ -104,7 +106,9 @@ class Validation:
 
     def to_dict(self) -> dict:
         return {
-            "experiment": "validate", "model": self.model, "settings": self.settings,
+            "experiment": "validate", "model": self.model,
+            # The baseline's time limit (max_steps, else the environment's) is reported with the settings, as before.
+            "settings": {**asdict(self.settings), "time_limit": self.baseline.time_limit},
             "verdict": self.verdict, "baseline": self.baseline.summary(),
             "baseline_median_steps_to_failure": self.baseline.survival().median,
             "correlation": self.correlation, "correlation_failures": self.correlation_failures,
@@ -123,72 +127,54 @@ class Validation:
         return markdown(self)
 
 
-def validate(model, embedding: str = "action_out", *, top: int = 5, controls: int | None = None, weights=None,
-             op: str = "constant", value: float | None = None, episodes: int = 200, seed: int = 0,
-             target_return: float | None = None, out: str | Path | None = None, dtype: torch.dtype = torch.float32,
-             max_steps: int | None = None, alpha: float = 0.05, correction: str = "holm", progress: bool = True,
-             source=None) -> Validation:
-    """Edit the vectors most aligned with `embedding` and matched controls; test alignment against damage.
+def validate(model, settings: ValidateSettings | str | None = None, *, out: str | Path | None = None,
+             progress: bool = True, source=None, **overrides) -> Validation:
+    """Edit the vectors most aligned with the embedding and matched controls; test alignment against damage.
 
-    top: at most this many aligned vectors, those beyond chance (see `selection.choose_targets`).
-    controls: controls of each kind (same weight, other weight); default one per aligned vector.
-    weights: aligned vectors from these weight types only, e.g. ("K",) for the study's claim about
-        K vectors (default: any weight).
-    op: "constant" (the study's edit) or "zero". correction: "holm" or "bh", across edits.
+    settings: a ValidateSettings (the defaults when None), or the embedding's name as in
+    validate(model, "action_out", top=5); keyword overrides replace its fields (a torch dtype is
+    accepted for dtype). Of its fields: top: at most this many aligned vectors, those beyond chance
+    (see `selection.choose_targets`). controls: controls of each kind (same weight, other weight);
+    default one per aligned vector. weights: aligned vectors from these weight types only, e.g.
+    ("K",) for the study's claim about K vectors (default: any weight). op: "constant" (the study's
+    edit) or "zero". correction: "holm" or "bh", across edits.
     out: a directory; every finished episode of every run is stored there as it ends (one SQLite
     store per edit, one baseline), so rerunning the same call resumes where it stopped.
     """
-    if op not in REMOVAL_OPS:
-        raise SurgeryError(f"op={op!r} is not a validate edit; valid: {', '.join(map(repr, REMOVAL_OPS))}")
-    if op == "zero" and value is not None:
-        raise SurgeryError("op='zero' takes no value")
-    if correction not in ("holm", "bh"):
-        raise SurgeryError(f"correction={correction!r} is not known; valid: 'holm', 'bh'")
-    if not 0 < alpha < 1:
-        raise SurgeryError(f"alpha={alpha!r} must be between 0 and 1")
-    if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 2:
-        raise SurgeryError(f"episodes must be an integer of at least 2 (pairs for the paired tests; 6 are the fewest "
-                           f"that can reach p < 0.05), got {episodes!r}")
+    s = _resolve(settings, dict(overrides))
     adapter = adapter_with_metadata(model, "validate")
     out = None if out is None else Path(out)
-    settings = {
-        "embedding": embedding, "top": top, "controls": controls, "weights": None if weights is None else list((weights,) if isinstance(weights, str) else weights),
-        "op": op,
-        "value": (1.0 / adapter.d_model if value is None else float(value)) if op == "constant" else None,
-        "seed": seed, "target_return": target_return, "dtype": str(dtype).replace("torch.", ""),
-        "max_steps": max_steps, "alpha": alpha, "correction": correction,
-    }
+    if s.op == "constant":
+        s = replace(s, value=1.0 / adapter.d_model if s.value is None else float(s.value))
     # What the rollout would refuse is refused before the plan is written.
-    prepare(adapter, target_return=target_return, max_steps=max_steps)
-    if isinstance(top, int) and isinstance(controls, (int, type(None))):  # (choose_targets checks them)
-        most = top + 2 * (top if controls is None else controls)
-        check_memory(episodes * (1 + most), f"this validation (up to {most} edits and a baseline)")
-    targets = _plan(adapter, settings, out)
+    prepare(adapter, target_return=s.target_return, max_steps=s.max_steps)
+    most = s.top + 2 * (s.top if s.controls is None else s.controls)
+    check_memory(s.episodes * (1 + most), f"this validation (up to {most} edits and a baseline)")
+    targets = _plan(adapter, s, out)
     names, edits, runs = [], [], [Run(out=None if out is None else out / "baseline")]
     counters = dict.fromkeys(GROUPS, 0)
     for i, t in enumerate(targets):
         counters[t.group] += 1
         names.append(f"{PREFIX[t.group]}{counters[t.group]}")
-        edits.append(validate_edit(adapter, t.edit(op, settings["value"])))
+        edits.append(validate_edit(adapter, t.edit(s.op, s.value)))
         where = None if out is None else out / "edits" / f"{i:02d}-{names[-1]}-{edit_specs.slug(edits[-1])}"
         runs.append(Run([edits[-1]], where, edit_specs.tag(edits[-1])))
     # One shared baseline and every edit as lanes of one batched rollout: no patching, one pass.
-    baseline, *results = evaluate_runs(adapter, runs, episodes, seed, target_return, dtype=dtype, progress=progress,
-                                       max_steps=max_steps, desc=f"validate: baseline + {len(edits)} edits")
+    baseline, *results = evaluate_runs(adapter, runs, s.episodes, s.seed, s.target_return,
+                                       dtype=getattr(torch, s.dtype), progress=progress, max_steps=s.max_steps,
+                                       desc=f"validate: baseline + {len(edits)} edits")
     outcomes = [EditOutcome(name, t, edit, result, stats.compare(baseline, result))
                 for name, t, edit, result in zip(names, targets, edits, results)]
     returns = [o.comparison.difference.p_permutation for o in outcomes]
     failures = [o.comparison.failures.p_mcnemar for o in outcomes]
     for raw, attr in ((returns, "p_adj"), (failures, "p_adj_failures")):
-        for o, p in zip(outcomes, stats.adjust_pvalues(raw, correction)):
+        for o, p in zip(outcomes, stats.adjust_pvalues(raw, s.correction)):
             setattr(o, attr, float(p))
     x = [o.target.abs_cos for o in outcomes]
     drops = [o.damage.value for o in outcomes]
     energy = [o.target.energy for o in outcomes]
     validation = Validation(
-        model=model_identity(adapter, source), settings={**settings, "episodes": episodes,
-                                                         "target_return": baseline.target_return,
-                                                         "time_limit": baseline.time_limit},
+        model=model_identity(adapter, source), settings=replace(s, target_return=baseline.target_return),
         baseline=baseline, outcomes=outcomes,
         correlation=spearman(x, drops),
         correlation_failures=spearman(x, [o.failure_increase for o in outcomes]),
@@ -202,9 +188,27 @@ def validate(model, embedding: str = "action_out", *, top: int = 5, controls: in
     return validation
 
 
-def _plan(adapter, settings: dict, out: Path | None) -> list[Target]:
+def _resolve(settings: ValidateSettings | str | None, overrides: dict) -> ValidateSettings:
+    """The settings a call asks for: a ValidateSettings or the embedding's name, with keyword overrides."""
+    if isinstance(settings, str):  # validate(model, "action_out", top=5): the embedding, as before the record
+        if "embedding" in overrides:
+            raise SurgeryError(f"the embedding is given twice ({settings!r} and embedding={overrides['embedding']!r})")
+        settings, overrides = None, {**overrides, "embedding": settings}
+    if settings is not None and not isinstance(settings, ValidateSettings):
+        raise SurgeryError(f"settings must be a ValidateSettings or an embedding set's name, got "
+                           f"{type(settings).__name__} {settings!r}")
+    names = [f.name for f in fields(ValidateSettings)]
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise SurgeryError(f"unknown validate setting(s) {unknown}; valid: {', '.join(sorted(names))}")
+    if isinstance(overrides.get("dtype"), torch.dtype):  # dtype=torch.bfloat16, as before the record
+        overrides["dtype"] = str(overrides["dtype"]).removeprefix("torch.")
+    return replace(settings or ValidateSettings(), **overrides)
+
+
+def _plan(adapter, settings: ValidateSettings, out: Path | None) -> list[Target]:
     """The vectors to edit: read back from out/plan.json when resuming (after checking it fits), else chosen now."""
-    keys = {k: settings[k] for k in ("embedding", "top", "controls", "weights", "alpha", "op", "value")}
+    keys = jsonable({k: getattr(settings, k) for k in PLAN_KEYS})  # as JSON stores them (weights a list)
     weights = weights_sha256(adapter.model)
     path = None if out is None else out / PLAN_FILE
     if path is not None and path.is_file():
@@ -223,9 +227,9 @@ def _plan(adapter, settings: dict, out: Path | None) -> list[Target]:
         return targets
     from surgery.analysis.localisation import locate
 
-    location = locate(adapter, embedding=settings["embedding"], alpha=settings["alpha"])
-    targets = choose_targets(location, adapter, settings["top"], settings["controls"], settings["embedding"],
-                             settings["weights"])
+    location = locate(adapter, embedding=settings.embedding, alpha=settings.alpha)
+    targets = choose_targets(location, adapter, settings.top, settings.controls, settings.embedding,
+                             settings.weights)
     if path is not None:
         write_atomic(path, to_json({"weights_sha256": weights, "settings": keys,
                                     "targets": [t.to_dict() for t in targets]}))

@@ -29,11 +29,11 @@ def _rows(v) -> list[list[str]]:
 def _header(v) -> list[str]:
     s, b = v.settings, v.baseline
     km = b.survival()
-    value = "" if s["op"] != "constant" else f" (value {s['value']:.4g})"
+    value = "" if s.op != "constant" else f" (value {s.value:.4g})"
     return [
         f"{v.model['model']} ({v.model['env_id']}): {len(v.outcomes)} edits of one singular vector each, "
-        f"op {s['op']}{value}; {s['episodes']} episodes per run, seed {s['seed']}, target return "
-        f"{s['target_return']:g}, {s['dtype']}" + (f", max {s['max_steps']} steps" if s["max_steps"] else ""),
+        f"op {s.op}{value}; {s.episodes} episodes per run, seed {s.seed}, target return "
+        f"{s.target_return:g}, {s.dtype}" + (f", max {s.max_steps} steps" if s.max_steps else ""),
         f"baseline: {b}; median steps to failure {fmt(km.median, 0)}",
     ]
 
@@ -54,14 +54,14 @@ def size_check(v) -> str:
     return line
 
 
-def _which(settings: dict) -> str:
+def _which(settings) -> str:
     """'K ' when the aligned vectors were restricted to K, '' when any weight could be chosen."""
-    weights = settings.get("weights")
-    return "" if not weights else " and ".join(weights) + " "
+    return "" if not settings.weights else " and ".join(settings.weights) + " "
 
 
-def claim(settings: dict) -> str:
-    return CLAIM.format(which=_which(settings), embedding=settings["embedding"])
+def claim(settings) -> str:
+    """The claim a validation with these settings (a ValidateSettings) tests, in words."""
+    return CLAIM.format(which=_which(settings), embedding=settings.embedding)
 
 
 def text(v) -> str:
@@ -92,9 +92,9 @@ def markdown(v) -> str:
     table += ["| " + " | ".join(r) + " |" for r in rows[1:]]
     s = v.settings
     figures = [f"![{k}]({Path(p).name})" for k, p in v.files.items() if str(p).endswith(".png")]
-    correction = {"holm": "Holm", "bh": "Benjamini-Hochberg"}[s["correction"]]
+    correction = {"holm": "Holm", "bh": "Benjamini-Hochberg"}[s.correction]
     lines = [
-        f"# Validation: do edits of {s['embedding']}-aligned singular vectors damage behaviour?",
+        f"# Validation: do edits of {s.embedding}-aligned singular vectors damage behaviour?",
         "",
         f"**{v.verdict.outcome.upper()}** on `{v.model['model']}` ({v.model['env_id']}, weights sha256 "
         f"`{v.model['weights_sha256'][:16]}…`)"
@@ -112,8 +112,8 @@ def markdown(v) -> str:
         "## Setup",
         "",
         *[f"- {line}" for line in _header(v)],
-        f"- aligned: the {_which(s)}vectors `surgery.locate` ranks most aligned with `{s['embedding']}` beyond chance (|cos| "
-        f"with the best label, chance-corrected p_adj < {s['alpha']:g}), at most {s['top']}; controls: per aligned "
+        f"- aligned: the {_which(s)}vectors `surgery.locate` ranks most aligned with `{s.embedding}` beyond chance "
+        f"(|cos| with the best label, chance-corrected p_adj < {s.alpha:g}), at most {s.top}; controls: per aligned "
         "vector, an unaligned one (not significant, "
         "|cos| at most the median) of the same weight, and one of another weight type, each matched on the share "
         "of the weight's energy S_i^2 / sum S^2 it carries",

@@ -62,7 +62,7 @@ def group_damage(name: str, outcomes, alpha: float) -> GroupDamage:
 
 def judge(v) -> Verdict:
     """Apply the three criteria to a Validation."""
-    alpha = v.settings["alpha"]
+    alpha = v.settings.alpha
     aligned = v.group("aligned")
     controls = v.group("control_same") + v.group("control_other")
     groups = {"aligned": group_damage("aligned", aligned, alpha),
@@ -76,7 +76,7 @@ def judge(v) -> Verdict:
     c1 = a.n_significant * 2 >= a.n and a.n_significant > 0
     c2 = k.n > 0 and k.n_significant * 2 < k.n
     c3 = bool(rho.low > 0) if not math.isnan(rho.low) else False
-    correction = {"holm": "Holm", "bh": "Benjamini-Hochberg"}[v.settings["correction"]]
+    correction = {"holm": "Holm", "bh": "Benjamini-Hochberg"}[v.settings.correction]
     criteria = {
         "aligned edits hurt": {"holds": c1, "detail": f"{a.n_significant} of {a.n} aligned edits lower the mean "
                                f"return significantly (paired permutation tests, {correction}-corrected across "
@@ -89,7 +89,7 @@ def judge(v) -> Verdict:
         "damage rises with alignment": {"holds": c3, "detail": f"{rho.describe()} over {rho.n} edited vectors"},
     }
     n_aligned_sig = sum(o.target.significant for o in aligned)
-    too_few = stats.too_few_pairs(v.settings["episodes"], alpha, len(v.outcomes), v.settings["correction"])
+    too_few = stats.too_few_pairs(v.settings.episodes, alpha, len(v.outcomes), v.settings.correction)
     if n_aligned_sig == 0:
         outcome = "not testable"
     elif too_few:
@@ -107,7 +107,7 @@ def judge(v) -> Verdict:
         sentence += f" ({too_few}: no edit could have been significant)"
     if outcome == "not testable":
         best = min(o.target.p_adj for o in aligned)
-        sentence += (f" (no singular vector is aligned with {v.settings['embedding']} beyond chance on this model; "
+        sentence += (f" (no singular vector is aligned with {v.settings.embedding} beyond chance on this model; "
                      f"the best has p_adj {best:.2g})")
     return Verdict(outcome, sentence, criteria, groups, p_groups)
 
