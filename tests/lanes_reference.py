@@ -10,7 +10,8 @@ from typing import Callable
 
 import torch
 
-from surgery.behaviour.rollout import Job, run_lanes as engine
+from surgery.behaviour.rollout import Job
+from surgery.behaviour.rollout import run_lanes as engine
 from surgery.core.patching import Patch
 from surgery.errors import SurgeryError
 
