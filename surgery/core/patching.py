@@ -248,6 +248,8 @@ class Patch:
 
     def save(self, directory, *, overwrite: bool = False):
         """Write this patch (not applied) to a folder that `surgery.load_patch` reads back (surgery.core.saved)."""
+        # The one import of saved from here, at call time: saved builds on Patch (SavedPatch), and the
+        # file format is its business; this method is only the public face users look for.
         from surgery.core.saved import save_patch
 
         return save_patch(self, directory, overwrite=overwrite)

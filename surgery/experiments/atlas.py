@@ -330,7 +330,7 @@ class _Sweep:
             store.close()
         from surgery.experiments.atlas_rows import build
 
-        return build(self, seq, done, align, steps)
+        return Atlas(**build(self, seq, done, align, steps))
 
     def _stages(self, seq, done: dict, store, ref) -> dict:
         """Run stage after stage; returns env steps taken now, by edit (-1: baseline)."""

@@ -70,10 +70,9 @@ def sizes(adapter, edits) -> tuple[np.ndarray, np.ndarray]:
     return np.array(sv), np.array(energy)
 
 
-def build(sweep, seq, done: dict, align, steps: dict):
-    """The Atlas of a finished sweep."""
+def build(sweep, seq, done: dict, align, steps: dict) -> dict:
+    """The fields of the Atlas of a finished sweep (atlas.py makes the Atlas: this module does not import it)."""
     from surgery.behaviour.evaluation import EpisodeRecord, EvalResult
-    from surgery.experiments.atlas import Atlas
     from surgery.experiments.output import model_identity
 
     d, s, edits = sweep.design, sweep.s, sweep.edits
@@ -138,7 +137,7 @@ def build(sweep, seq, done: dict, align, steps: dict):
         "stopped": {why: int(np.sum(rows["stopped"] == why)) for why in ("efficacy", "futility", "complete")},
         "where": sweep.runner.describe(),
     }
-    return Atlas(model=model_identity(sweep.adapter, sweep.source), settings=s, alignment_settings=align.settings,
-                 rows=rows, baseline=base, design=d, cost=cost, embeddings=sets,
-                 alignment_alpha=align.settings.alpha, thresholds={e: float(align.threshold(e)) for e in sets},
-                 warnings=list(sweep.warnings))
+    return dict(model=model_identity(sweep.adapter, sweep.source), settings=s, alignment_settings=align.settings,
+                rows=rows, baseline=base, design=d, cost=cost, embeddings=sets,
+                alignment_alpha=align.settings.alpha, thresholds={e: float(align.threshold(e)) for e in sets},
+                warnings=list(sweep.warnings))
