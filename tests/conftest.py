@@ -105,3 +105,15 @@ def one_thread():
 def any_model(request):
     kind, square = request.param
     return build(kind, square)
+
+
+@pytest.fixture(scope="session")
+def balancer_checkpoint(tmp_path_factory):
+    """The hand-wired CartPole balancer (tests/experiments_models.py) saved as a checkpoint directory."""
+    from tests.experiments_models import cartpole_dt
+
+    model, md = cartpole_dt()
+    directory = tmp_path_factory.mktemp("balancer")
+    model.save_pretrained(directory)
+    md.save(directory)
+    return directory

@@ -10,23 +10,13 @@ from pathlib import Path
 import pytest
 
 from surgery import cli
-from tests.experiments_models import cartpole_dt
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    model, md = cartpole_dt()
-    directory = tmp_path_factory.mktemp("balancer")
-    model.save_pretrained(directory)
-    md.save(directory)
-    return directory
-
-
-def test_atlas_writes_its_report_and_resumes(checkpoint, tmp_path, capsys):
+def test_atlas_writes_its_report_and_resumes(balancer_checkpoint, tmp_path, capsys):
     out = tmp_path / "atlas"
-    argv = ["atlas", str(checkpoint), "--weights", "K,V", "--blocks", "0", "--vectors", "2", "--episodes", "12",
+    argv = ["atlas", str(balancer_checkpoint), "--weights", "K,V", "--blocks", "0", "--vectors", "2", "--episodes", "12",
             "--max-steps", "40", "--workers", "0", "--out", str(out), "--quiet"]
     assert cli.main(argv) == 0
     text = capsys.readouterr().out
@@ -39,10 +29,10 @@ def test_atlas_writes_its_report_and_resumes(checkpoint, tmp_path, capsys):
     assert report["claim"]["table"]["aligned_damaging"] == 2
 
 
-def test_an_unreachable_scheduler_is_one_line_exit_2_and_nothing_written(checkpoint, tmp_path):
+def test_an_unreachable_scheduler_is_one_line_exit_2_and_nothing_written(balancer_checkpoint, tmp_path):
     out = tmp_path / "atlas"
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "surgery", "atlas", str(checkpoint), "--scheduler",
+    proc = subprocess.run([sys.executable, "-m", "surgery", "atlas", str(balancer_checkpoint), "--scheduler",
                            "tcp://127.0.0.1:1", "--out", str(out)], capture_output=True, text=True, cwd=ROOT,
                           timeout=60)
     elapsed = time.monotonic() - start
@@ -59,8 +49,8 @@ def test_an_unreachable_scheduler_is_one_line_exit_2_and_nothing_written(checkpo
     (["--blocks", "9"], "out of range"),
     (["--scheduler", "tcp://127.0.0.1:1", "--workers", "2"], "not both"),
 ])
-def test_bad_input_is_one_clear_line(checkpoint, tmp_path, capsys, argv, message):
-    assert cli.main(["atlas", str(checkpoint), "--workers", "0", "--out", str(tmp_path / "o"), "--quiet"] + argv) == 2
+def test_bad_input_is_one_clear_line(balancer_checkpoint, tmp_path, capsys, argv, message):
+    assert cli.main(["atlas", str(balancer_checkpoint), "--workers", "0", "--out", str(tmp_path / "o"), "--quiet"] + argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("surgery atlas: error:") and message in err[0], err
     assert not (tmp_path / "o").exists()

@@ -6,25 +6,15 @@ import json
 import pytest
 
 from surgery import cli
-from tests.experiments_models import cartpole_dt
 
 
 def main(argv) -> int:
     return cli.main(argv)
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    model, md = cartpole_dt()
-    directory = tmp_path_factory.mktemp("balancer")
-    model.save_pretrained(directory)
-    md.save(directory)
-    return directory
-
-
-def test_edit_eval_writes_report_figures_and_video(checkpoint, tmp_path, capsys):
+def test_edit_eval_writes_report_figures_and_video(balancer_checkpoint, tmp_path, capsys):
     out = tmp_path / "ee"
-    argv = ["edit-eval", str(checkpoint), "--block", "0", "--weight", "V", "--idx", "0", "--episodes", "6",
+    argv = ["edit-eval", str(balancer_checkpoint), "--block", "0", "--weight", "V", "--idx", "0", "--episodes", "6",
             "--max-steps", "30", "--out", str(out), "--video", "--quiet"]
     assert main(argv) == 0
     text = capsys.readouterr().out
@@ -49,8 +39,8 @@ def test_edit_eval_writes_report_figures_and_video(checkpoint, tmp_path, capsys)
     (["validate", "{ckpt}", "--embedding", "nope"], "nope"),
     (["validate", "{ckpt}", "--alpha", "2"], "alpha"),
 ])
-def test_bad_input_is_one_clear_line(checkpoint, tmp_path, capsys, argv, message):
-    argv = [a.format(ckpt=checkpoint, missing=tmp_path / "missing") for a in argv]
+def test_bad_input_is_one_clear_line(balancer_checkpoint, tmp_path, capsys, argv, message):
+    argv = [a.format(ckpt=balancer_checkpoint, missing=tmp_path / "missing") for a in argv]
     assert main(argv + ["--out", str(tmp_path / "out"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"surgery {argv[0]}: error:") and message in err[0], err
@@ -70,15 +60,15 @@ def test_bad_arguments_exit_non_zero_with_a_clear_message(capsys, argv, message)
     assert message in capsys.readouterr().err.strip().splitlines()[-1]
 
 
-def test_a_second_run_on_the_same_out_is_refused_at_start(checkpoint, tmp_path, capsys):
+def test_a_second_run_on_the_same_out_is_refused_at_start(balancer_checkpoint, tmp_path, capsys):
     from surgery import runlock
     from tests.test_runlock import _hold_in_child
 
     out = tmp_path / "busy"
     child = _hold_in_child(out)
     try:
-        for argv in (["edit-eval", str(checkpoint), "--block", "0", "--weight", "K"],
-                     ["validate", str(checkpoint), "--top", "1"]):
+        for argv in (["edit-eval", str(balancer_checkpoint), "--block", "0", "--weight", "K"],
+                     ["validate", str(balancer_checkpoint), "--top", "1"]):
             assert main(argv + ["--episodes", "4", "--max-steps", "10", "--out", str(out), "--quiet"]) == 2
             err = capsys.readouterr().err.strip().splitlines()
             assert len(err) == 1 and f"{out} is in use by another run (pid {child.pid}" in err[0], err
@@ -88,7 +78,7 @@ def test_a_second_run_on_the_same_out_is_refused_at_start(checkpoint, tmp_path, 
         child.wait()
 
 
-def test_ctrl_c_in_edit_eval_says_what_was_saved_and_where(checkpoint, tmp_path, capsys, monkeypatch):
+def test_ctrl_c_in_edit_eval_says_what_was_saved_and_where(balancer_checkpoint, tmp_path, capsys, monkeypatch):
     from surgery.behaviour import results_store
     from surgery.behaviour.results_store import ResultsStore
 
@@ -102,7 +92,7 @@ def test_ctrl_c_in_edit_eval_says_what_was_saved_and_where(checkpoint, tmp_path,
 
     monkeypatch.setattr(ResultsStore, "add", add_then_interrupt)
     out = tmp_path / "ee"
-    assert main(["edit-eval", str(checkpoint), "--block", "0", "--weight", "V", "--episodes", "4",
+    assert main(["edit-eval", str(balancer_checkpoint), "--block", "0", "--weight", "V", "--episodes", "4",
                  "--max-steps", "15", "--out", str(out), "--quiet"]) == 130
     err = capsys.readouterr().err.strip().splitlines()
     saved = {name: results_store.saved(out / name) for name in ("baseline", "edited")}

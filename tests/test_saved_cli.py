@@ -13,18 +13,8 @@ from surgery.errors import SurgeryError
 from surgery.export import export
 from surgery.files import file_sha256
 from tests.conftest import assert_bitwise_equal, build, snapshot
-from tests.experiments_models import cartpole_dt
 
 RUN = ["--episodes", "4", "--max-steps", "30", "--quiet", "--json"]
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    model, md = cartpole_dt()
-    directory = tmp_path_factory.mktemp("balancer")
-    model.save_pretrained(directory)
-    md.save(directory)
-    return directory
 
 
 def _run(folder) -> tuple[dict, list]:
@@ -43,14 +33,14 @@ def _report(capsys) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
-def test_edit_eval_saves_its_edit_and_runs_a_saved_one_the_same(checkpoint, tmp_path, capsys):
+def test_edit_eval_saves_its_edit_and_runs_a_saved_one_the_same(balancer_checkpoint, tmp_path, capsys):
     edit = tmp_path / "edit"
     flags = ["--block", "0", "--weight", "K", "--idx", "0", "--op", "scale", "--value", "-1"]
-    assert cli.main(["edit-eval", str(checkpoint), *flags, "--save-edit", str(edit), "--out", str(tmp_path / "a"),
+    assert cli.main(["edit-eval", str(balancer_checkpoint), *flags, "--save-edit", str(edit), "--out", str(tmp_path / "a"),
                      *RUN]) == 0
     a = _report(capsys)
     assert saved._not_replaceable(edit) is None  # a saved patch is there
-    assert cli.main(["edit-eval", str(checkpoint), "--edits", str(edit), "--out", str(tmp_path / "b"), *RUN]) == 0
+    assert cli.main(["edit-eval", str(balancer_checkpoint), "--edits", str(edit), "--out", str(tmp_path / "b"), *RUN]) == 0
     b = _report(capsys)
     assert b["edits"] == a["edits"] and a["edits"][0]["op"] == "scale"
     # The same saved patch (named by its digest in both stores), so the same episodes.
@@ -60,33 +50,33 @@ def test_edit_eval_saves_its_edit_and_runs_a_saved_one_the_same(checkpoint, tmp_
     assert a["edited"]["return"]["mean"] != a["baseline"]["return"]["mean"]  # the edit does something here
 
     # A rerun finds its edit already saved and reuses it; another edit is not written over it.
-    assert cli.main(["edit-eval", str(checkpoint), *flags, "--save-edit", str(edit), "--out", str(tmp_path / "a"),
+    assert cli.main(["edit-eval", str(balancer_checkpoint), *flags, "--save-edit", str(edit), "--out", str(tmp_path / "a"),
                      *RUN]) == 0
     assert "already saved" in capsys.readouterr().err
-    assert cli.main(["edit-eval", str(checkpoint), "--block", "0", "--weight", "V", "--save-edit", str(edit),
+    assert cli.main(["edit-eval", str(balancer_checkpoint), "--block", "0", "--weight", "V", "--save-edit", str(edit),
                      "--out", str(tmp_path / "c"), *RUN]) == 2
     assert "already holds other edits (block 0 K #0" in capsys.readouterr().err
 
 
-def test_edit_eval_refuses_a_patch_saved_for_another_model(checkpoint, tmp_path, capsys):
+def test_edit_eval_refuses_a_patch_saved_for_another_model(balancer_checkpoint, tmp_path, capsys):
     Patch_for_gpt2 = surgery.Patch(build("gpt2"), [dict(block=0, weight="K")])
     Patch_for_gpt2.save(tmp_path / "edit")
-    assert cli.main(["edit-eval", str(checkpoint), "--edits", str(tmp_path / "edit"), "--out", str(tmp_path / "o"),
+    assert cli.main(["edit-eval", str(balancer_checkpoint), "--edits", str(tmp_path / "edit"), "--out", str(tmp_path / "o"),
                      *RUN]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "saved for another model shape" in err[0] and "d_model 24 (saved) vs 64" in err[0]
 
 
-def test_export_a_decision_transformer_that_both_loaders_read(checkpoint, tmp_path, capsys):
+def test_export_a_decision_transformer_that_both_loaders_read(balancer_checkpoint, tmp_path, capsys):
     from transformers import DecisionTransformerModel
 
-    source = surgery.load(checkpoint)
+    source = surgery.load(balancer_checkpoint)
     edits = [dict(block=0, weight="V", idx=0, op="zero"), dict(block=1, weight="OV", head=0, idx=2)]
     surgery.Patch(source, edits).save(tmp_path / "edit")
     with surgery.Patch(source, edits):
         want = snapshot(source.model)
     out = tmp_path / "ckpt"
-    assert cli.main(["export", str(checkpoint), "--edits", str(tmp_path / "edit"), "--out", str(out)]) == 0
+    assert cli.main(["export", str(balancer_checkpoint), "--edits", str(tmp_path / "edit"), "--out", str(out)]) == 0
     assert f"wrote {out}" in capsys.readouterr().out
 
     ours = surgery.load(out)
@@ -101,7 +91,7 @@ def test_export_a_decision_transformer_that_both_loaders_read(checkpoint, tmp_pa
     source_sha = surgery.behaviour.evaluation.weights_sha256(source.model)
     assert f"weights SHA-256 `{source_sha}`" in card
     assert f"Edited weights: SHA-256 `{surgery.behaviour.evaluation.weights_sha256(theirs)}`" in card
-    assert f"`surgery export {checkpoint} --edits {tmp_path / 'edit'} --out {out}`" in card
+    assert f"`surgery export {balancer_checkpoint} --edits {tmp_path / 'edit'} --out {out}`" in card
     manifest = json.loads((out / "manifest.json").read_text())
     assert "model.safetensors" in manifest["files"] and "edits/updates.safetensors" in manifest["files"]
     for name, f in manifest["files"].items():
