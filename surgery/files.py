@@ -202,3 +202,12 @@ def jsonable(x):
 
 def to_json(x) -> str:
     return json.dumps(jsonable(x), indent=2, allow_nan=False) + "\n"
+
+
+def markdown_table(head, rows) -> str:
+    """A Markdown table; every cell escaped, so a '|cos|' header or a label with a pipe cannot split a row."""
+    def cell(x) -> str:
+        return str(x).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(cell(h) for h in head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows])

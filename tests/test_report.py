@@ -165,3 +165,14 @@ def test_a_large_set_keeps_two_disjoint_columns():
         cells = re.findall(r"<td>(.*?)</td>", row)
         top, bottom = (re.findall(r'<span class="lab"[^>]*>([^<]*) [+-]', c) for c in cells[-2:])
         assert len(top) == len(bottom) == 3 and not set(top) & set(bottom)
+
+
+def test_markdown_tables_escape_every_cell():
+    """Every report's tables go through files.markdown_table: a '|cos|' header or a piped label keeps its row whole."""
+    import re
+
+    from surgery.files import markdown_table
+
+    table = markdown_table(["edit", "|cos|"], [["b0 K #1", "0.5 *"], ["a|b", "two\nlines"]]).splitlines()
+    cells = [len(re.findall(r"(?<!\\)\|", line)) - 1 for line in table]
+    assert cells == [2, 2, 2, 2] and table[3] == "| a\\|b | two lines |"

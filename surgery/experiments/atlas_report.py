@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from surgery.experiments.output import fmt_p
+from surgery.files import markdown_table
 
 HOW_TO_READ = (
     "Each row is one singular triple edited on its own (op applied), played on paired episodes against the unedited "
@@ -177,12 +178,6 @@ def _figures(a, claim) -> dict:
     }
 
 
-def _md_table(head, rows) -> str:
-    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    return "\n".join(lines + ["| " + " | ".join(esc(c) for c in r) + " |" for r in rows])
-
-
 def markdown(a, claim=None, figures: dict | None = None) -> str:
     claim = claim or a.claim()
     parts = [f"# Causal atlas: {a.model['model']}", "\n".join(f"- {x}" for x in _lines_head(a) + _findings(a)),
@@ -197,7 +192,7 @@ def markdown(a, claim=None, figures: dict | None = None) -> str:
             parts.append(f"![{name}](figures/{name}.png)\n\n_{figures[name][1]}_")
     for title, note, t in _sections(a):
         parts += [f"## {title}", note + (f" Marks: {MARKS}." if len(t) else ""),
-                  _md_table(TABLE_HEAD, table_rows(a, t)) if len(t) else "_none_"]
+                  markdown_table(TABLE_HEAD, table_rows(a, t)) if len(t) else "_none_"]
     parts += ["## How to read it", HOW_TO_READ, "Files: atlas.csv (every row), atlas.json, atlas.html, plan.json, "
               "episodes.sqlite (every episode)."]
     return "\n\n".join(p for p in parts if p) + "\n"

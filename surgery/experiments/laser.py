@@ -23,6 +23,7 @@ from surgery import stats
 from surgery.analysis.tables import Table
 from surgery.errors import SurgeryError
 from surgery.experiments.settings import LASER_FRACTIONS, LASER_WEIGHTS
+from surgery.files import markdown_table
 from surgery.names import CORRECTIONS
 
 __all__ = ["laser", "LaserSweep", "cuts"]
@@ -52,15 +53,15 @@ class LaserSweep:
                  f"{', '.join(f'{f:g}' for f in s['fractions'])}), {s['episodes']} paired episodes each against one "
                  f"baseline (mean return {float(self.baseline.returns.mean()):.1f}), seed {s['seed']}; one-sided "
                  f"paired sign-flip tests for an increase, {s['correction']}-corrected across the cuts at alpha "
-                 f"{s['alpha']:g}.", "", f"**{self.sentence}**", "",
-                 "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+                 f"{s['alpha']:g}.", "", f"**{self.sentence}**", ""]
+        rows = []
         for r in self.rows.rows():
-            lines.append("| " + " | ".join([
+            rows.append([
                 f"block {r['block']} {r['weight']}", f"{r['kept']}/{r['rank']} ({r['fraction']:g})",
                 f"{r['change']:+.1f} [{r['change_low']:+.1f}, {r['change_high']:+.1f}]", f"{r['p_improve']:.3g}",
                 f"{r['p_adj_improve']:.3g}" + (" **improves**" if r["improves"] else ""), f"{r['p_two_sided']:.3g}",
-                f"{100 * r['failures_baseline']:.0f}% → {100 * r['failures_edited']:.0f}%"]) + " |")
-        return "\n".join(lines) + "\n"
+                f"{100 * r['failures_baseline']:.0f}% → {100 * r['failures_edited']:.0f}%"])
+        return "\n".join(lines) + "\n" + markdown_table(head, rows) + "\n"
 
 
 def cuts(adapter, weights=LASER_WEIGHTS, blocks=None, fractions=FRACTIONS) -> list[tuple[int, str, int, float]]:

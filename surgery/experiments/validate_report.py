@@ -5,6 +5,7 @@ from pathlib import Path
 
 from surgery.experiments import edits as edit_specs
 from surgery.experiments.output import fmt, fmt_p
+from surgery.files import markdown_table
 
 CLAIM = ("editing the {which}singular vectors most aligned with the {embedding} embedding makes the agent fail, "
          "while similar edits elsewhere do not")
@@ -87,9 +88,7 @@ def text(v) -> str:
 def markdown(v) -> str:
     """The report as Markdown: verdict first, then how it was measured."""
     rows = _rows(v)
-    header = [cell.replace("|", "\\|") for cell in rows[0]]  # "|cos|" must not split the Markdown table
-    table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(rows[0])]
-    table += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    table = markdown_table(rows[0], rows[1:]).split("\n")
     s = v.settings
     figures = [f"![{k}]({Path(p).name})" for k, p in v.files.items() if str(p).endswith(".png")]
     correction = {"holm": "Holm", "bh": "Benjamini-Hochberg"}[s.correction]
