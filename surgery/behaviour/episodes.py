@@ -84,6 +84,7 @@ def check_memory(episodes: int, what: str = "this run") -> None:
     need, have = episodes * BYTES_PER_EPISODE, available_memory()
     if have is not None and need > have:
         fits = max(1, have // BYTES_PER_EPISODE)
-        raise SurgeryError(f"{what} plays {episodes:,} episodes, whose records need about {need / 2**30:,.1f} GiB "
+        raise SurgeryError(f"{what} would play {episodes:,} episodes in all, whose records need about "
+                           f"{need / 2**30:,.1f} GiB "
                            f"({BYTES_PER_EPISODE} bytes each), more than the {have / 2**30:.1f} GiB available; "
                            f"use at most about {fits:,} episodes")

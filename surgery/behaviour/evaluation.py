@@ -208,7 +208,7 @@ def evaluate_runs(model, runs: Sequence[Run], episodes: int = 100, seed: int = 0
     """
     if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
         raise SurgeryError(f"episodes must be a positive integer, got {episodes!r}")
-    check_memory(episodes * len(runs), f"{len(runs)} run(s) of {episodes:,} episodes")
+    check_memory(episodes * len(runs), "this evaluation" if len(runs) == 1 else f"these {len(runs)} runs")
     if batch_size < 1:
         raise SurgeryError(f"batch_size must be at least 1, got {batch_size}")
     runs = [r if isinstance(r, Run) else Run(*r) for r in runs]
