@@ -39,6 +39,8 @@ def test_the_plan_keeps_round_fraction_times_rank_and_drops_duplicates(balancer)
             cuts(balancer, ("K",), None, fractions)
     with pytest.raises(SurgeryError, match="out of range"):
         cuts(balancer, ("K",), [7], (0.5,))
+    with pytest.raises(SurgeryError, match="no cuts"):
+        cuts(balancer, ("K",), [0], (0.999,))
 
 
 def test_known_answers_on_the_hand_wired_balancer(sweep):

@@ -84,6 +84,8 @@ def cuts(adapter, weights=LASER_WEIGHTS, blocks=None, fractions=FRACTIONS) -> li
                 k = max(1, round(f * rank))
                 if k < rank and (b, w, k) not in {(c[0], c[1], c[2]) for c in out}:
                     out.append((b, w, k, float(f)))
+    if not out:
+        raise SurgeryError(f"no cuts: every fraction in {tuple(fractions)!r} keeps the whole rank of these weights")
     return out
 
 
