@@ -18,7 +18,7 @@ from surgery.cli.args import (
     settings_from_args,
 )
 from surgery.errors import SurgeryError
-from surgery.names import SCALAR_OPS, SIDES, WEIGHTS
+from surgery.names import CORRECTIONS, SCALAR_OPS, SIDES, WEIGHTS
 
 ROLLOUT_SETTINGS = ("episodes", "seed", "target_return", "max_steps", "dtype")
 """ValidateSettings fields whose flags the shared rollout options add (dtype as --bf16)."""
@@ -106,7 +106,7 @@ def _register_laser(subparsers) -> None:
     p.add_argument("--fractions", nargs="+", type=float, metavar="F", default=list(FRACTIONS),
                    help=f"kept fractions of the rank (default {' '.join(map(str, FRACTIONS))})")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
-    p.add_argument("--correction", choices=("holm", "bonferroni", "bh", "by", "none"), default="holm",
+    p.add_argument("--correction", choices=CORRECTIONS, default="holm",
                    help="correction across the cuts (default holm: family-wise)")
     p.add_argument("--out", type=Path, help="output directory (default runs/laser/MODEL)")
     p.add_argument("--json", action="store_true", help="print the results as JSON instead of the table")
