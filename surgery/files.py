@@ -211,3 +211,17 @@ def markdown_table(head, rows) -> str:
 
     lines = ["| " + " | ".join(cell(h) for h in head) + " |", "|" + "---|" * len(head)]
     return "\n".join(lines + ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows])
+
+
+def read_json_object(path: str | Path) -> dict:
+    """The JSON object in `path`; a SurgeryError naming the file if it is not valid JSON or not an object."""
+    from surgery.errors import SurgeryError
+
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SurgeryError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(d, dict):
+        raise SurgeryError(f"{path} must hold a JSON object, got {type(d).__name__}")
+    return d

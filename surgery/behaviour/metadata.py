@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from surgery.errors import SurgeryError
+from surgery.files import read_json_object
 
 METADATA_FILE = "metadata.json"
 
@@ -118,12 +119,7 @@ class DTMetadata:
             path = path / METADATA_FILE
         if not path.is_file():
             raise FileNotFoundError(f"no decision-transformer metadata at {path}")
-        try:
-            d = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise SurgeryError(f"{path} is not valid JSON: {e}") from None
-        if not isinstance(d, dict):
-            raise SurgeryError(f"{path} must hold a JSON object, got {type(d).__name__}")
+        d = read_json_object(path)
         try:
             return cls.from_dict(d)
         except SurgeryError as e:

@@ -31,7 +31,7 @@ from surgery.core.decomposition import ContentStamp, base_of, canonical_version,
 from surgery.core.patching import Edit, Patch
 from surgery.core.state import state
 from surgery.errors import SurgeryError, load_first
-from surgery.files import file_sha256
+from surgery.files import file_sha256, read_json_object
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "SavedPatch", "load_patch", "save_patch", "tensor_sha256"]
 
@@ -151,7 +151,7 @@ def load_patch(directory, model) -> SavedPatch:
     adapter = wrap(model)
     directory = Path(directory)
     digest = _verify_files(directory)
-    spec = _read_json(directory / SPEC)
+    spec = read_json_object(directory / SPEC)
     _check_format(spec, directory / SPEC)
     _check_dimensions(adapter, spec, directory)
     try:
@@ -314,7 +314,7 @@ def _verify_files(directory: Path) -> str:
     if not manifest_file.is_file():
         raise SurgeryError(f"{directory} is not a saved patch: it has no {MANIFEST} (saved patches are written by "
                            f"Patch.save / surgery edit-eval --save-edit)")
-    manifest = _read_json(manifest_file)
+    manifest = read_json_object(manifest_file)
     _check_format(manifest, manifest_file)
     files = manifest.get("files")
     if not isinstance(files, dict) or set(files) != {SPEC, UPDATES}:
@@ -332,14 +332,6 @@ def _verify_files(directory: Path) -> str:
     return file_sha256(manifest_file)
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        d = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SurgeryError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(d, dict):
-        raise SurgeryError(f"{path} must hold a JSON object, got {type(d).__name__}")
-    return d
 
 
 def _check_format(d: dict, path: Path) -> None:
