@@ -117,3 +117,13 @@ def balancer_checkpoint(tmp_path_factory):
     model.save_pretrained(directory)
     md.save(directory)
     return directory
+
+
+@pytest.fixture(scope="module")
+def balancer():
+    """The hand-wired CartPole balancer, loaded with its metadata (one per test module: tests may patch it)."""
+    import surgery
+    from tests.experiments_models import cartpole_dt
+
+    model, md = cartpole_dt()
+    return surgery.load(model, metadata=md)

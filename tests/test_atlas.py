@@ -18,18 +18,11 @@ from surgery.experiments.atlas import RESULTS_FILE, atlas, plan_edits
 from surgery.experiments.claim import claim
 from surgery.experiments.distribute import EditEpisode, Rollout, Task, run_task
 from surgery.experiments.settings import AtlasSettings
-from tests.experiments_models import cartpole_dt
 
 # The balancer's policy flows through block 0's MLP: V #0 and #1 write the action direction (aligned
 # with action_out, cos 0.707) and removing either makes the pole fall; with 60-step episodes nothing
 # else in the first three triples of K and V of either block changes the return detectably.
 SMALL = dict(weights=("K", "V"), vectors=3, episodes=12, max_steps=60, lanes=16)
-
-
-@pytest.fixture(scope="module")
-def balancer():
-    model, md = cartpole_dt()
-    return surgery.load(model, metadata=md)
 
 
 @pytest.fixture(scope="module")

@@ -23,12 +23,6 @@ KILL = {**SMALL, "vectors": 2, "max_steps": 150}
 
 
 @pytest.fixture(scope="module")
-def balancer():
-    model, md = cartpole_dt()
-    return surgery.load(model, metadata=md)
-
-
-@pytest.fixture(scope="module")
 def cluster():
     with Runner(workers=2) as runner:
         yield runner

@@ -21,12 +21,6 @@ from tests.experiments_models import cartpole_dt
 # editing either one makes the pole fall; K #0 and #1 are just as vital but not action-aligned.
 
 
-@pytest.fixture(scope="module")
-def balancer():
-    model, md = cartpole_dt()
-    return load(model, metadata=md)
-
-
 def test_targets_are_the_most_aligned_and_unaligned_matched_controls(balancer):
     loc = locate(balancer, embedding="action_out")
     plan = choose_targets(loc, balancer, top=3, controls=3)

@@ -9,15 +9,8 @@ import pytest
 import surgery
 from surgery.errors import SurgeryError
 from surgery.experiments.laser import cuts, laser
-from tests.experiments_models import cartpole_dt
 
 RUN = dict(episodes=6, max_steps=120, progress=False)
-
-
-@pytest.fixture(scope="module")
-def balancer():
-    model, md = cartpole_dt()
-    return surgery.load(model, metadata=md)
 
 
 @pytest.fixture(scope="module")

@@ -68,15 +68,7 @@ def damage_vs_alignment(rows, embedding: str, threshold: float | None = None, co
     _points(ax, rows, col)
     if threshold is not None and np.isfinite(threshold):
         ax.axvline(threshold, color="#555", ls="--", lw=0.8, label="beyond chance")
-    ax.axhline(0, color="black", lw=0.8)
-    ax.set_xlabel(f"best |cos| with {embedding}")
-    ax.set_ylabel("mean return drop (baseline - edited)")
-    title = f"damage against alignment with {embedding}"
-    if correlation is not None and np.isfinite(correlation.rho):
-        title += f": {correlation.describe()}"
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _finish(ax, f"best |cos| with {embedding}", f"damage against alignment with {embedding}", correlation)
     return fig
 
 
@@ -87,16 +79,20 @@ def damage_vs_size(rows, correlation=None) -> Figure:
     _points(ax, rows, "singular_value")
     if np.all(np.asarray(rows["singular_value"], float) > 0):
         ax.set_xscale("log")
+    _finish(ax, "singular value", "damage against size", correlation)
+    return fig
+
+
+def _finish(ax, xlabel: str, title: str, correlation) -> None:
+    """The zero line, labels, the title with the correlation when there is one, grid and legend."""
     ax.axhline(0, color="black", lw=0.8)
-    ax.set_xlabel("singular value")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("mean return drop (baseline - edited)")
-    title = "damage against size"
     if correlation is not None and np.isfinite(correlation.rho):
         title += f": {correlation.describe()}"
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return fig
 
 
 def _points(ax, rows, x_col: str) -> None:
