@@ -42,6 +42,24 @@ def test_distributed_records_are_the_serial_ones(balancer, cluster, serial, tmp_
     assert (tmp_path / "model" / "model.safetensors").is_file()  # a model given in Python is saved for the workers
 
 
+def test_workers_run_the_atlas_of_an_edited_model(balancer, cluster, tmp_path):
+    """With edits= the workers must play the edited weights: the copy saved for them hashes as the edited model,
+    and their records are the in-process ones."""
+    from surgery.behaviour.evaluation import weights_sha256
+    from surgery.core.patching import Edit, Patch
+
+    folder = tmp_path / "edit"
+    Patch(balancer, [Edit(0, "V", 0, op="zero")]).save(folder)
+    small = {**KILL, "vectors": 1, "max_steps": 40}
+    here = atlas(balancer, out=tmp_path / "serial", workers=0, progress=False, edits=folder, **small)
+    there = atlas(balancer, out=tmp_path / "dask", client=cluster.client, progress=False, edits=folder,
+                  source="the-balancer", **small)  # a source that cannot hold the edited weights
+    assert _stored(tmp_path / "dask") == _stored(tmp_path / "serial")
+    assert there.model["weights_sha256"] == here.model["weights_sha256"] != weights_sha256(balancer.model)
+    assert weights_sha256(surgery.load(tmp_path / "dask" / "model").model) == here.model["weights_sha256"]
+    assert not there.warnings
+
+
 def _count(path) -> int:
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)

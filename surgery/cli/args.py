@@ -76,6 +76,19 @@ def load_dt(args):
     return model
 
 
+def add_base_edits_argument(p, what: str) -> None:
+    """--edits DIR: the experiment runs on MODEL with a saved patch applied (the edited model is the one studied)."""
+    p.add_argument("--edits", type=Path, metavar="DIR",
+                   help=f"apply the patch saved in DIR (Patch.save, surgery edit-eval --save-edit) to MODEL first "
+                        f"and run {what} on the edited model (refused if MODEL's weights are not the ones the patch "
+                        "was saved for)")
+
+
+def edited_suffix(args) -> str:
+    """What a default output directory adds for --edits DIR, so the edited model's results go elsewhere."""
+    return "" if getattr(args, "edits", None) is None else f"-edited-{Path(args.edits).resolve().name}"
+
+
 def output_lock(out):
     """Check `out` can be written, then hold it for this run (surgery.runlock); nothing when no --out was given."""
     from contextlib import nullcontext

@@ -5,7 +5,13 @@ import json
 import re
 from pathlib import Path
 
-from surgery.cli.args import add_settings_arguments, non_negative_int, settings_from_args
+from surgery.cli.args import (
+    add_base_edits_argument,
+    add_settings_arguments,
+    edited_suffix,
+    non_negative_int,
+    settings_from_args,
+)
 
 
 def register(subparsers) -> None:
@@ -23,7 +29,8 @@ def register(subparsers) -> None:
     p.add_argument("model", metavar="MODEL", help="zoo name (e.g. hopper) or decision-transformer checkpoint directory")
     add_settings_arguments(p, AtlasSettings)
     p.add_argument("--metadata", help="metadata JSON for a checkpoint directory without metadata.json")
-    p.add_argument("--out", type=Path, help="output directory (default runs/atlas/MODEL-WEIGHTS-OP)")
+    add_base_edits_argument(p, "the atlas (its triples and baseline are the edited model's)")
+    p.add_argument("--out", type=Path, help="output directory (default runs/atlas/MODEL-WEIGHTS-OP[-edited-DIR])")
     p.add_argument("--scheduler", metavar="tcp://HOST:PORT",
                    help="run on this existing Dask cluster (the workers need this package and the model: a zoo "
                         "name, or a checkpoint directory they can read at the same path)")
@@ -48,7 +55,8 @@ def run_atlas(args) -> int:
     settings = _resolve(settings_from_args(AtlasSettings, args), {})
     if args.scheduler is not None and args.workers is not None:
         raise SurgeryError("give --scheduler or --workers, not both")
-    out = args.out or Path("runs") / "atlas" / f"{_name(args.model)}-{'-'.join(settings.weights)}-{settings.op}"
+    out = args.out or (Path("runs") / "atlas" /
+                       f"{_name(args.model)}-{'-'.join(settings.weights)}-{settings.op}{edited_suffix(args)}")
     if out.exists() and not out.is_dir():
         raise SurgeryError(f"--out {out} exists and is not a directory")
     # Connect before loading anything: an unreachable scheduler is one line and exit 2, with nothing written.
@@ -58,7 +66,8 @@ def run_atlas(args) -> int:
         _quiet_transformers()
         model = load_dt(args)
         result = atlas(model, settings, out=out, client=runner.client, workers=0 if runner.serial else None,
-                       progress=not args.quiet, source=args.model, metadata_file=args.metadata)
+                       progress=not args.quiet, source=args.model, metadata_file=args.metadata,
+                       edits=args.edits)
     if args.json:
         from surgery.experiments.atlas_report import to_dict
         from surgery.files import jsonable

@@ -9,9 +9,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from surgery.cli.args import (
+    add_base_edits_argument,
     add_rollout_arguments,
     add_settings_arguments,
     check_out_dir,
+    edited_suffix,
     load_dt,
     non_negative_int,
     output_lock,
@@ -83,7 +85,9 @@ def _register_validate(subparsers) -> None:
                     "stored as it finishes; rerunning the same command resumes.")
     _common(p)
     add_settings_arguments(p, ValidateSettings, skip=ROLLOUT_SETTINGS)
-    p.add_argument("--out", type=Path, help="output directory (default runs/validate/MODEL-EMBEDDING[-WEIGHTS]-OP)")
+    add_base_edits_argument(p, "the validation (its vectors, controls and baseline are the edited model's)")
+    p.add_argument("--out", type=Path,
+                   help="output directory (default runs/validate/MODEL-EMBEDDING[-WEIGHTS]-OP[-edited-DIR])")
     p.set_defaults(func=run_validate)
 
 
@@ -215,10 +219,11 @@ def _validate(args) -> int:
         raise SurgeryError("--op zero takes no --value")
     settings = settings_from_args(ValidateSettings, args, dtype="bfloat16" if args.bf16 else "float32")
     only = f"-{'-'.join(args.weights)}" if args.weights else ""
-    out = check_out_dir(args.out or Path("runs") / "validate" / f"{_name(args.model)}-{args.embedding}{only}-{args.op}")
+    out = check_out_dir(args.out or Path("runs") / "validate" /
+                        f"{_name(args.model)}-{args.embedding}{only}-{args.op}{edited_suffix(args)}")
     model = load_dt(args)
     with _one_run(out, args.episodes) as reused:
-        result = validate(model, settings, out=out, progress=not args.quiet, source=args.model)
+        result = validate(model, settings, out=out, progress=not args.quiet, source=args.model, edits=args.edits)
     print(_json(result.to_dict()) if args.json else result.text())
     _note(reused)
     return 0

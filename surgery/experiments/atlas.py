@@ -188,7 +188,7 @@ def plan_edits(model, settings: AtlasSettings, triples=None) -> list:
 def atlas(model, settings: AtlasSettings | None = None, *, out: str | Path | None = None, alignment=None,
           client=None, scheduler: str | None = None, workers: int | None = None, progress: bool = True,
           source: str | Path | None = None, metadata_file: str | Path | None = None, triples=None,
-          **overrides) -> Atlas:
+          edits=None, **overrides) -> Atlas:
     """Edit every singular triple of the chosen weights, one at a time, and measure what each does to behaviour.
 
     model: a loaded decision transformer with metadata (`surgery.load("hopper")`).
@@ -204,22 +204,26 @@ def atlas(model, settings: AtlasSettings | None = None, *, out: str | Path | Non
     metadata_file: the metadata JSON the model was loaded with, for a checkpoint without metadata.json.
     triples: edit exactly these (block, weight, idx[, head]) triples instead of every triple of `weights`
         (a sample; `weights` is then set to the weight types they cover).
+    edits: a saved patch (a folder `Patch.save` wrote, or `surgery.load_patch`'s result) applied to the model
+        for the whole run and reverted after it: the atlas of the edited model (which triples matter once
+        that edit is in). Its baseline is the edited model; the report names the patch.
     """
     from surgery.experiments.distribute import Runner
-    from surgery.experiments.output import adapter_with_metadata
+    from surgery.experiments.output import adapter_with_metadata, saved_edits_applied
 
     start = time.perf_counter()
     s = _resolve(settings, dict(overrides))
     adapter = adapter_with_metadata(model, "atlas")
-    edits = plan_edits(adapter, s, triples)
-    if triples is not None:
-        s = replace(s, weights=tuple(dict.fromkeys(e.weight for e in edits)))
-    if not edits:
-        raise SurgeryError("no triples to edit: check weights, blocks, heads and vectors")
-    # Everything the user could have got wrong is checked above; now connect (fail fast, before writing).
-    with Runner(client=client, scheduler=scheduler, workers=workers) as runner:
-        sweep = _Sweep(adapter, s, edits, out, runner, progress, source, metadata_file)
-        result = sweep.run(alignment)
+    with saved_edits_applied(adapter, edits) as applied:
+        planned = plan_edits(adapter, s, triples)
+        if triples is not None:
+            s = replace(s, weights=tuple(dict.fromkeys(e.weight for e in planned)))
+        if not planned:
+            raise SurgeryError("no triples to edit: check weights, blocks, heads and vectors")
+        # Everything the user could have got wrong is checked above; now connect (fail fast, before writing).
+        with Runner(client=client, scheduler=scheduler, workers=workers) as runner:
+            sweep = _Sweep(adapter, s, planned, out, runner, progress, source, metadata_file, applied)
+            result = sweep.run(alignment)
     result.cost["wall_seconds"] = time.perf_counter() - start
     if out is not None:
         result.write(out)
@@ -229,7 +233,8 @@ def atlas(model, settings: AtlasSettings | None = None, *, out: str | Path | Non
 class _Sweep:
     """One atlas run: the store, the model reference, the stages, and the rows at the end."""
 
-    def __init__(self, adapter, s: AtlasSettings, edits, out, runner, progress: bool, source, metadata_file):
+    def __init__(self, adapter, s: AtlasSettings, edits, out, runner, progress: bool, source, metadata_file,
+                 base_patch=None):
         from surgery.behaviour.episodes import check_memory
         from surgery.behaviour.evaluation import weights_sha256
         from surgery.behaviour.rollout import prepare
@@ -240,6 +245,8 @@ class _Sweep:
         if self.out is not None and self.out.exists() and not self.out.is_dir():
             raise SurgeryError(f"out={str(self.out)!r} exists and is not a directory")
         self.source, self.metadata_file = source, metadata_file
+        self.base_patch = base_patch
+        """The saved patch applied to the model for this run (None: the model as loaded)."""
         check_memory(s.episodes * (len(edits) + 1), f"this atlas ({len(edits)} edits and a baseline)")
         setting = prepare(adapter, target_return=s.target_return, max_steps=s.max_steps)
         self.env_id, self.env_identity, self.time_limit = setting.env_id, setting.env_identity, setting.time_limit
@@ -297,7 +304,7 @@ class _Sweep:
         from surgery.loading import load
 
         meta = None if self.metadata_file is None else str(Path(self.metadata_file).resolve())
-        if self.source is not None:
+        if self.source is not None and self.base_patch is None:  # edited weights: workers need the copy
             name = str(self.source)
             path = Path(name).expanduser()
             ref = str(path.resolve()) if path.exists() else name  # workers may run in another directory

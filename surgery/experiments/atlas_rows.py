@@ -137,7 +137,7 @@ def build(sweep, seq, done: dict, align, steps: dict) -> dict:
         "stopped": {why: int(np.sum(rows["stopped"] == why)) for why in ("efficacy", "futility", "complete")},
         "where": sweep.runner.describe(),
     }
-    return dict(model=model_identity(sweep.adapter, sweep.source), settings=s, alignment_settings=align.settings,
+    return dict(model=model_identity(sweep.adapter, sweep.source, sweep.base_patch), settings=s, alignment_settings=align.settings,
                 rows=rows, baseline=base, design=d, cost=cost, embeddings=sets,
                 alignment_alpha=align.settings.alpha, thresholds={e: float(align.threshold(e)) for e in sets},
                 warnings=list(sweep.warnings))

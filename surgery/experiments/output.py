@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import os
+from contextlib import contextmanager
 
 from surgery.errors import SurgeryError, load_first
 
@@ -20,19 +21,46 @@ def adapter_with_metadata(model, what: str):
     return adapter
 
 
-def model_identity(adapter, source) -> dict:
-    """What a report needs to say which model produced its numbers."""
+def model_identity(adapter, source, edits=None) -> dict:
+    """What a report needs to say which model produced its numbers.
+
+    edits: the saved patch (`SavedPatch`) the run applied to the model first, if any: named in the
+    model's name and recorded (folder, manifest SHA-256, the edits), since the weights hashed are the edited ones.
+    """
     from surgery.behaviour.evaluation import weights_sha256
 
     md = adapter.metadata
-    name = source if isinstance(source, (str, os.PathLike)) else type(adapter.model).__name__
-    return {
-        "model": str(name),
+    name = str(source) if isinstance(source, (str, os.PathLike)) else type(adapter.model).__name__
+    identity = {
+        "model": name,
         "env_id": md.env_id,
         "weights_sha256": weights_sha256(adapter.model),
         "notes": md.notes or "",
         "untrained": "untrained" in (md.notes or "").lower(),
     }
+    if edits is not None:
+        from surgery.experiments.edits import label
+
+        identity["model"] = f"{name} + edits {edits.path.name}"
+        identity["edits"] = {"folder": str(edits.path), "manifest_sha256": edits.digest,
+                             "edits": [label(e) for e in edits.edits]}
+    return identity
+
+
+@contextmanager
+def saved_edits_applied(adapter, edits):
+    """Apply the saved patch `edits` (a folder `Patch.save` wrote, or a loaded `SavedPatch`) for the `with`
+    body and yield it; yield None when `edits` is None. The weights are restored bitwise on the way out."""
+    if edits is None:
+        yield None
+        return
+    from surgery.core.saved import SavedPatch, load_patch
+
+    patch = edits if isinstance(edits, SavedPatch) else load_patch(edits, adapter)
+    if patch.adapter.model is not adapter.model:
+        raise SurgeryError("edits= is a patch loaded for another model object than this one")
+    with patch:
+        yield patch
 
 
 def fmt(x: float | None, digits: int = 1) -> str:

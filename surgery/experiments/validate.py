@@ -24,7 +24,7 @@ from surgery.errors import SurgeryError
 from surgery.experiments import edits as edit_specs
 from surgery.experiments import verdict as verdicts
 from surgery.experiments.correlation import Correlation, partial_spearman, spearman
-from surgery.experiments.output import adapter_with_metadata, model_identity
+from surgery.experiments.output import adapter_with_metadata, model_identity, saved_edits_applied
 from surgery.experiments.selection import GROUPS, Target, choose_targets
 from surgery.experiments.settings import ValidateSettings
 from surgery.files import jsonable, save_figure, to_json, write_atomic
@@ -128,7 +128,7 @@ class Validation:
 
 
 def validate(model, settings: ValidateSettings | str | None = None, *, out: str | Path | None = None,
-             progress: bool = True, source=None, **overrides) -> Validation:
+             progress: bool = True, source=None, edits=None, **overrides) -> Validation:
     """Edit the vectors most aligned with the embedding and matched controls; test alignment against damage.
 
     settings: a ValidateSettings (the defaults when None), or the embedding's name as in
@@ -140,9 +140,17 @@ def validate(model, settings: ValidateSettings | str | None = None, *, out: str 
     edit) or "zero". correction: "holm" or "bh", across edits.
     out: a directory; every finished episode of every run is stored there as it ends (one SQLite
     store per edit, one baseline), so rerunning the same call resumes where it stopped.
+    edits: a saved patch (a folder `Patch.save` wrote, or `surgery.load_patch`'s result) applied to the
+        model for the run and reverted after it: the claim tested on the edited model (its vectors, its
+        baseline); the report names the patch.
     """
     s = _resolve(settings, dict(overrides))
     adapter = adapter_with_metadata(model, "validate")
+    with saved_edits_applied(adapter, edits) as applied:
+        return _validate(adapter, s, out, progress, source, applied)
+
+
+def _validate(adapter, s: ValidateSettings, out, progress: bool, source, applied) -> Validation:
     out = None if out is None else Path(out)
     if s.op == "constant":
         s = replace(s, value=1.0 / adapter.d_model if s.value is None else float(s.value))
@@ -174,7 +182,7 @@ def validate(model, settings: ValidateSettings | str | None = None, *, out: str 
     drops = [o.damage.value for o in outcomes]
     energy = [o.target.energy for o in outcomes]
     validation = Validation(
-        model=model_identity(adapter, source), settings=replace(s, target_return=baseline.target_return),
+        model=model_identity(adapter, source, applied), settings=replace(s, target_return=baseline.target_return),
         baseline=baseline, outcomes=outcomes,
         correlation=spearman(x, drops),
         correlation_failures=spearman(x, [o.failure_increase for o in outcomes]),
