@@ -1,7 +1,6 @@
 """`surgery.load`: a model object, a local checkpoint directory or a zoo name -> the wrapped model."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import torch
 from adapters import Adapter, wrap
 from surgery.core.dtypes import parse_device, parse_dtype
 from surgery.errors import SurgeryError
+from surgery.files import read_json_object
 from surgery.safe_weights import check_config_ints, read_model
 
 # config.json "model_type" -> (class for an "architectures" entry naming a bare body, default class)
@@ -92,11 +92,8 @@ def _load_dir(path: Path, metadata, dtype=None, device=None) -> Adapter:
     config_file = path / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{path} has no config.json: not a Hugging Face checkpoint directory")
-    try:
-        config = json.loads(config_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SurgeryError(f"{config_file} is not valid JSON: {e}") from None
-    model_type = config.get("model_type") if isinstance(config, dict) else None
+    config = read_json_object(config_file)
+    model_type = config.get("model_type")
     if model_type not in _HF_CLASSES:
         raise SurgeryError(f"{path}: model_type {model_type!r} is not supported; "
                            f"supported: {', '.join(sorted(_HF_CLASSES))}")

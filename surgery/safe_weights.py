@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from surgery.errors import SurgeryError
+from surgery.files import read_json_object
 
 __all__ = ["read_model", "check_config_ints", "tensor_index", "read_header", "tied_aliases", "retie",
            "WEIGHTS_FILE", "INDEX_FILE", "LEGACY_BUFFERS", "PICKLE_SUFFIXES"]
@@ -195,11 +196,7 @@ def _entry(file: Path, name: str, h) -> Entry:
 
 def _sharded(index: Path) -> dict[str, Entry]:
     """The tensors of a sharded checkpoint: every shard present, holding exactly what the index says."""
-    try:
-        doc = json.loads(index.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SurgeryError(f"{index} is not valid JSON: {e}") from None
-    weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
+    weight_map = read_json_object(index).get("weight_map")
     if not (isinstance(weight_map, dict) and weight_map
             and all(isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items())):
         raise SurgeryError(f"{index} has no weight_map (tensor name -> shard file)")

@@ -5,13 +5,13 @@ tensors, damaged files and pickles are refused), the same reader as every other 
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 from surgery.behaviour.metadata import METADATA_FILE, DTMetadata
 from surgery.errors import SurgeryError
+from surgery.files import read_json_object
 from surgery.safe_weights import check_config_ints, read_model
 
 CONFIG_FILE = "config.json"
@@ -47,12 +47,9 @@ def load_checkpoint(path: str | Path, metadata=None):
 def _read_config(file: Path) -> dict:
     if not file.is_file():
         raise FileNotFoundError(f"checkpoint has no {CONFIG_FILE}: expected {file}")
-    try:
-        d = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise SurgeryError(f"{file} is not valid JSON: {e}") from None
-    if not isinstance(d, dict) or d.get("model_type") != "decision_transformer":
-        kind = d.get("model_type") if isinstance(d, dict) else type(d).__name__
+    d = read_json_object(file)
+    if d.get("model_type") != "decision_transformer":
+        kind = d.get("model_type")
         raise SurgeryError(f"{file} is not a decision-transformer config (model_type={kind!r}, expected 'decision_transformer')")
     for key in ("state_dim", "act_dim", "hidden_size", "n_layer", "max_ep_len"):
         if key not in d:
