@@ -19,7 +19,7 @@ from surgery.zoo.policies import GaussianNoise, LinearPolicy, LunarHeuristic  # 
 from surgery.zoo.rollout import play  # noqa: E402
 from surgery.zoo.train import TrainConfig, make_model, train  # noqa: E402
 
-SHIPPED = ("halfcheetah", "hopper", "hopper-seed1", "lunarlander")
+SHIPPED = ("halfcheetah", "halfcheetah-seed1", "hopper", "hopper-seed1", "lunarlander")
 TINY = dict(hidden_size=16, n_layer=1, n_inner=32, context_len=5, batch_size=8, warmup_steps=2, threads=1)
 
 
