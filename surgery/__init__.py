@@ -43,9 +43,9 @@ if TYPE_CHECKING:  # what editors and type checkers see through the lazy exports
     from surgery.core.decomposition import SVD, decompose
     from surgery.core.patching import Edit, Patch, patch
     from surgery.core.saved import load_patch
+    from surgery.errors import SurgeryError
     from surgery.experiments.atlas import Atlas, atlas
     from surgery.experiments.settings import AtlasSettings, ValidateSettings
-    from surgery.errors import SurgeryError
     from surgery.loading import load
 
 

@@ -12,8 +12,12 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
+from surgery.checks import integer, level, one_of
 from surgery.errors import SurgeryError
 from surgery.names import CORRECTIONS
+
+BOOTSTRAP_METHODS = ("BCa", "percentile", "basic")
+"""The interval methods of scipy.stats.bootstrap."""
 
 __all__ = [
     "Estimate", "FailureRate", "Survival", "PairedComparison", "PairedFailures", "Comparison",
@@ -112,6 +116,9 @@ def _batch(n: int) -> int:
 
 def mean_ci(x, confidence: float = 0.95, n_resamples: int = 9999, seed: int = 0, method: str = "BCa") -> Estimate:
     """Mean with a bootstrap confidence interval (scipy.stats.bootstrap)."""
+    level(confidence, "confidence")
+    integer(n_resamples, "n_resamples", low=1)
+    one_of(method, "method", BOOTSTRAP_METHODS)
     a = _as_1d(x, "x")
     mean = float(a.mean())
     if a.size < 2 or np.all(a == a[0]):
@@ -141,6 +148,7 @@ def summarize(x, confidence: float = 0.95, seed: int = 0) -> dict:
 
 def failure_rate(failed, confidence: float = 0.95) -> FailureRate:
     """Fraction of failed episodes with a Wilson score interval (scipy.stats.binomtest)."""
+    level(confidence, "confidence")
     f = np.asarray(failed, dtype=bool).ravel()
     if f.size == 0:
         raise SurgeryError("failed is empty; need at least one episode")
@@ -230,6 +238,7 @@ def sign_flip_p(differences, resolution: int = 2048) -> float:
     within sum|d| / resolution of the threshold. Integer differences (CartPole returns) use
     delta = 1: exact. Smallest value 2^(1-n), for n pairs of one sign. Cost O(n^2 * resolution).
     """
+    integer(resolution, "resolution", low=1)
     a = np.abs(_as_1d(differences, "differences"))
     t = abs(float(np.sum(_as_1d(differences, "differences"))))
     total = float(a.sum())
@@ -322,6 +331,8 @@ def smallest_adjusted_p(pairs: int, comparisons: int = 1, correction: str = "hol
 
 def pairs_needed(alpha: float, comparisons: int = 1, correction: str = "holm") -> int:
     """The fewest pairs with which a test can be significant at `alpha` after the correction."""
+    level(alpha)  # alpha <= 0 would search forever
+    integer(comparisons, "comparisons", low=1)
     n = 1
     while smallest_adjusted_p(n, comparisons, correction) >= alpha:  # significant means p < alpha
         n += 1
@@ -334,6 +345,7 @@ def too_few_pairs(pairs: int, alpha: float, comparisons: int = 1, correction: st
     Every verdict printed says this instead of "no significant change": with 5 pairs the smallest
     p is 0.0625, so a hopper that fell in 5 of 5 edited episodes is not evidence of no change.
     """
+    level(alpha)
     best = smallest_adjusted_p(pairs, comparisons, correction)
     if best < alpha:
         return None

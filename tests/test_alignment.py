@@ -171,7 +171,7 @@ def test_screened_search_equals_exact():
     (dict(top=0), r"top=0 must be a positive integer"),
     (dict(correction="fdr"), r"correction='fdr' is not known"),
     (dict(weights=["K"], sides="out"), r"no residual-facing side 'out'.*K: in"),
-    (dict(alpha=1.5), r"alpha=1.5 must be between 0 and 1"),
+    (dict(alpha=1.5), r"alpha=1.5 must be strictly between 0 and 1"),
 ])
 def test_bad_input(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -75,7 +75,7 @@ LM_BAD = [
     (["tokens", "{gptj}", "--block", "0", "--weight", "K", "--tokens", "-3"], "argument --tokens"),
     (["tokens", "{gptj}", "--block", "9", "--weight", "K"], "block=9 is out of range"),
     (["width", "{gptj}", "--blocks", "0"], "argument --blocks: must be a positive integer"),
-    (["width", "{gptj}", "--blocks", "5"], "block=2 is out of range"),
+    (["width", "{gptj}", "--blocks", "5"], "--blocks 5: the models have at most 2 blocks (valid: 1..2)"),
     (["width", "{gptj}", "--draws", "0"], "argument --draws: must be a positive integer"),
     (["width", "{gptj}", "--k", "-1"], "argument --k: must be a positive integer"),
     (["scan"], "the following arguments are required: model"),

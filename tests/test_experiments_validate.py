@@ -138,7 +138,7 @@ def test_the_settings_record_round_trips_through_a_dict_and_json():
     ({"seed": -1}, "seed=-1 must be a non-negative integer"),
     ({"dtype": "float16"}, "dtype='float16' is not supported; valid: float32, bfloat16"),
     ({"max_steps": 0}, "max_steps=0 must be a positive integer"),
-    ({"alpha": 2}, "alpha=2 must be between 0 and 1"),
+    ({"alpha": 2}, "alpha=2 must be strictly between 0 and 1"),
     ({"correction": "by"}, "correction='by' is not known; valid: 'holm', 'bh'"),
     ({"episodes": 1}, "episodes must be an integer of at least 2"),
     ({"episodes": True}, "episodes must be an integer of at least 2"),

@@ -8,7 +8,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Lower number = lower layer. A module may import its own layer and the ones below it.
 LAYERS = [
-    ("surgery.errors", 0), ("surgery.names", 0), ("surgery.files", 0), ("surgery.progress", 0), ("surgery.runlock", 0),
+    ("surgery.errors", 0), ("surgery.checks", 0), ("surgery.names", 0), ("surgery.files", 0), ("surgery.progress", 0), ("surgery.runlock", 0),
     ("surgery.stats", 1), ("surgery.safe_weights", 1),
     ("adapters", 2),
     ("surgery.core", 3),

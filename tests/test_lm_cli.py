@@ -34,3 +34,14 @@ def test_errors_are_one_line(tmp_path, capsys):
     assert e.value.code == 2
     assert capsys.readouterr().err == ("surgery lm scan: error: argument --k: must be a positive integer, got '0' "
                                        "(see surgery lm scan --help)\n")
+
+
+def test_width_compares_models_of_different_depths_over_the_shallower_ones_blocks(tmp_path, capsys):
+    """`--blocks 3` with a 2-block and a 3-block model (as GPT-2's 12 against GPT-J's 28): the first 2 of each."""
+    saved_model("gptj", tmp_path / "m")
+    make_tokenizer(tmp_path / "m")
+    assert lm_cli.main(["width", str(tmp_path / "m"), "random:gpt2-small", "--blocks", "3", "--k", "2",
+                        "--draws", "50", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert "comparing the first 2 blocks: the shallowest model has 2" in captured.err
+    assert "median z" in captured.out

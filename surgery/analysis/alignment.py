@@ -24,6 +24,7 @@ from surgery.analysis.cosines import SearchSet, unit_rows
 from surgery.analysis.settings import FAMILIES, NOISE, AlignmentSettings
 from surgery.analysis.subspaces import near_null, projection_maxima, tie_threshold, ties
 from surgery.analysis.tables import Table
+from surgery.checks import integer, level
 from surgery.core.decomposition import RESIDUAL_SIDES, decompose
 from surgery.core.threads import torch_threads
 from surgery.errors import SurgeryError
@@ -154,8 +155,10 @@ def alignment(model, settings: AlignmentSettings | None = None, *, progress: boo
         raise SurgeryError(f"correction={s.correction!r} is not known; valid: {', '.join(map(repr, CORRECTIONS))}")
     if s.family not in FAMILIES:
         raise SurgeryError(f"family={s.family!r} is not known; valid: {', '.join(map(repr, FAMILIES))}")
-    if not 0 < s.alpha < 1:
-        raise SurgeryError(f"alpha={s.alpha!r} must be between 0 and 1")
+    level(s.alpha)
+    integer(s.seed, "seed", low=0)
+    if s.draws is not None:
+        integer(s.draws, "draws", low=1)
     if s.noise is not None:
         tie_threshold(s.noise, (1, 1))  # raises a SurgeryError naming what is valid
     plan = _plan(adapter, weights, s.sides)
@@ -253,6 +256,8 @@ def _check_vectors(vectors, adapter, weights) -> None:
         if vectors < 1:
             raise SurgeryError(f"vectors={vectors!r} must be a positive number of leading triples")
         return
+    if not isinstance(vectors, (list, tuple, range, np.ndarray, torch.Tensor)):
+        raise SurgeryError(f"vectors={vectors!r} must be a number of leading triples, a list of indices or a slice")
     idx = list(vectors)
     r = min(adapter.rank(w) for w in weights)
     bad = [i for i in idx if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= i < r]

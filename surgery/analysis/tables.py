@@ -16,6 +16,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from surgery.errors import SurgeryError
+from surgery.files import write_atomic
 
 
 class Table:
@@ -114,14 +115,14 @@ class Table:
             w.writerow(["" if v is None else (repr(v) if isinstance(v, float) else v) for v in r.values()])
         text = buf.getvalue()
         if path is not None:
-            Path(path).write_text(text)
+            write_atomic(path, text)  # a reader never sees half a table
         return text
 
     def to_json(self, path: str | Path | None = None) -> str:
         """A JSON list of row objects (and written to path if given)."""
         text = json.dumps(self.rows(), indent=None, allow_nan=False)
         if path is not None:
-            Path(path).write_text(text)
+            write_atomic(path, text)  # a reader never sees half a table
         return text
 
     def to_pandas(self):

@@ -31,6 +31,8 @@ from surgery.behaviour.metadata import DTMetadata
 from surgery.behaviour.policy import DTPolicy
 from surgery.behaviour.results_store import RESULTS_FILE, ResultsStore, stored_spec
 from surgery.behaviour.rollout import Job, Setting, check_jobs, play, prepare
+from surgery.checks import integer
+from surgery.core.dtypes import parse_dtype
 from surgery.core.patching import Edit, Patch
 from surgery.errors import SurgeryError
 from surgery.progress import progress as progress_bar
@@ -209,8 +211,11 @@ def evaluate_runs(model, runs: Sequence[Run], episodes: int = 100, seed: int = 0
     if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 1:
         raise SurgeryError(f"episodes must be a positive integer, got {episodes!r}")
     check_memory(episodes * len(runs), "this evaluation" if len(runs) == 1 else f"these {len(runs)} runs")
-    if batch_size < 1:
-        raise SurgeryError(f"batch_size must be at least 1, got {batch_size}")
+    batch_size = integer(batch_size, "batch_size", low=1)
+    seed = integer(seed, "seed", low=0)
+    if max_steps is not None:
+        max_steps = integer(max_steps, "max_steps", low=1)
+    dtype = parse_dtype(dtype) or torch.float32  # "bfloat16" as the settings records spell it
     runs = [r if isinstance(r, Run) else Run(*r) for r in runs]
     runs = [Run([r.edits], r.out, r.tag) if isinstance(r.edits, (Edit, dict)) else r for r in runs]  # one bare edit
     setting = prepare(model, metadata, env, env_kwargs, target_return, max_steps)

@@ -8,6 +8,7 @@ from pathlib import Path
 from surgery.cli.args import (
     add_base_edits_argument,
     add_settings_arguments,
+    check_out_dir,
     edited_suffix,
     non_negative_int,
     settings_from_args,
@@ -57,8 +58,7 @@ def run_atlas(args) -> int:
         raise SurgeryError("give --scheduler or --workers, not both")
     out = args.out or (Path("runs") / "atlas" /
                        f"{_name(args.model)}-{'-'.join(settings.weights)}-{settings.op}{edited_suffix(args)}")
-    if out.exists() and not out.is_dir():
-        raise SurgeryError(f"--out {out} exists and is not a directory")
+    check_out_dir(out)  # a bad --out is one line before the model loads and a cluster starts
     # Connect before loading anything: an unreachable scheduler is one line and exit 2, with nothing written.
     with Runner(scheduler=args.scheduler, workers=args.workers) as runner:
         from surgery.cli.args import load_dt

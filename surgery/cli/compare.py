@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from surgery.cli.args import add_settings_arguments, settings_from_args
+from surgery.cli.args import add_settings_arguments, check_out_dir, settings_from_args
 
 
 def register(subparsers) -> None:
@@ -48,25 +48,49 @@ def read_csv(path: Path) -> dict:
             out[c] = np.array([float(v) if v not in ("", "None", "nan") else np.nan for v in vals])
         except ValueError:
             out[c] = np.array(vals, dtype=object)
+    # What damage_profiles reads must be there in every row: a bad cell named here, not a numpy error later.
+    for c, integral in (("block", True), ("idx", True), ("damage", False)):
+        for i, v in enumerate(out[c]):
+            ok = isinstance(v, float) and np.isfinite(v) and (not integral or v == int(v))
+            if not ok:
+                raise SurgeryError(f"{path}, row {i + 2}: column {c!r} must be a {'whole' if integral else 'finite'} "
+                                   f"number, got {rows[i][c]!r}")
     return out
+
+
+def _replaceable(folder: Path) -> str | None:
+    """Why --out must not be replaced: None for an empty folder or an earlier comparison's."""
+    names = {p.name for p in folder.iterdir()}
+    return None if names <= set(OUT_FILES) else f"it holds other files ({', '.join(sorted(names - set(OUT_FILES)))})"
+
+
+OUT_FILES = ("cells.csv", "agreement.csv", "damage.csv", "summary.txt")
 
 
 def run(args) -> int:
     import surgery
     from surgery.analysis.settings import AlignmentSettings
+    from surgery.errors import SurgeryError
     from surgery.experiments.compare import compare_models
-    from surgery.files import write_atomic
+    from surgery.files import atomic_folder
 
+    if (args.atlas_a is None) != (args.atlas_b is None):
+        raise SurgeryError("give both --atlas-a and --atlas-b (the damage profiles compare the two), or neither")
+    if args.out is not None:
+        check_out_dir(args.out)
+        if args.out.is_dir() and _replaceable(args.out):
+            raise SurgeryError(f"--out {args.out}: {_replaceable(args.out)}; choose an empty or new folder")
     settings = settings_from_args(AlignmentSettings, args)
     a, b = surgery.load(args.model_a), surgery.load(args.model_b)
     atlases = [read_csv(p) if p else None for p in (args.atlas_a, args.atlas_b)]
     c = compare_models(a, b, settings, atlas_a=atlases[0], atlas_b=atlases[1], names=(args.model_a, args.model_b))
     print(c)
-    if args.out:
-        write_atomic(args.out / "cells.csv", c.cells.to_csv())
-        write_atomic(args.out / "agreement.csv", c.agreement.to_csv())
-        if c.damage is not None:
-            write_atomic(args.out / "damage.csv", c.damage.to_csv())
-        write_atomic(args.out / "summary.txt", str(c) + "\n")
+    if args.out:  # all files or none: the folder is written beside and renamed into place
+        with atomic_folder(args.out, overwrite=True, replaceable=_replaceable) as tmp:
+            (tmp / "cells.csv").write_text(c.cells.to_csv())
+            (tmp / "agreement.csv").write_text(c.agreement.to_csv())
+            if c.damage is not None:
+                (tmp / "damage.csv").write_text(c.damage.to_csv())
+            (tmp / "summary.txt").write_text(str(c) + "\n")
         print(f"wrote {args.out}/cells.csv, agreement.csv{', damage.csv' if c.damage is not None else ''}, summary.txt")
     return 0

@@ -3,6 +3,7 @@ tested, and whether cutting a weight's rank ever helps."""
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 from contextlib import contextmanager
@@ -179,8 +180,8 @@ def _edit_value(op: str, value):
     if op in ("scale", "keep_top") and value is None:
         raise SurgeryError(f"--op {op} needs --value ({'a factor' if op == 'scale' else 'k, triples to keep'})")
     if op == "keep_top":
-        if value != int(value):
-            raise SurgeryError(f"--op keep_top needs an integer --value, got {value:g}")
+        if not math.isfinite(value) or value != int(value):
+            raise SurgeryError(f"--op keep_top needs a whole number of triples to keep as --value, got {value:g}")
         value = int(value)
     return value
 

@@ -108,7 +108,18 @@ def _width(args) -> int:
         random = source.startswith("random:")
         a = open_model(source, args.device, args.dtype, args.blocks if random else None)
         models[source] = a
-    blocks = list(range(args.blocks))
+    # The first --blocks blocks of every model: as many as the shallowest has when models differ in depth
+    # (GPT-2's 12 against GPT-J's 28); more than any model has is a mistake.
+    depths = [a.n_blocks for a in models.values()]
+    if args.blocks > max(depths):
+        from surgery.errors import SurgeryError
+
+        raise SurgeryError(f"--blocks {args.blocks}: the models have at most {max(depths)} blocks "
+                           f"(valid: 1..{max(depths)})")
+    n = min([args.blocks, *depths])
+    if n < args.blocks:
+        print(f"comparing the first {n} blocks: the shallowest model has {n}", file=sys.stderr)
+    blocks = list(range(n))
     print(compare(models, blocks=blocks, k=args.k, draws=args.draws, progress=not args.quiet))
     return 0
 

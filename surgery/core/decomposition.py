@@ -21,6 +21,7 @@ computed (`surgery.core.lowrank`: GEMM-only routes for full-size models), and th
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -62,8 +63,20 @@ class SVD:
 
 
 # ---- validation shared with patch ---------------------------------------------------------------
+def as_int(value):
+    """A numpy or 0-d torch integer as a Python int; anything else (None, a float, a bool) unchanged for the checks."""
+    if hasattr(value, "ndim") and getattr(value, "ndim") == 0 and hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    return value
+
+
 def check_location(adapter: Adapter, block, weight, head) -> None:
-    """Raise ValueError naming what is valid unless (block, weight, head) exists in this model."""
+    """Raise ValueError naming what is valid unless (block, weight, head) exists in this model.
+
+    Integers from numpy or torch (a block read out of an analysis table) count as integers."""
+    block, head = as_int(block), as_int(head)
     if weight not in WEIGHTS:
         raise SurgeryError(f"weight={weight!r} is not a weight name; valid: {', '.join(map(repr, WEIGHTS))}")
     if isinstance(block, bool) or not isinstance(block, int) or not 0 <= block < adapter.n_blocks:

@@ -23,6 +23,7 @@ from adapters import Adapter, wrap
 from surgery.core import interrupts
 from surgery.core.decomposition import (
     DEFAULT_SIDE,
+    as_int,
     base_of,
     canonical_version,
     check_location,
@@ -309,6 +310,8 @@ def validate_edit(model, e: Edit) -> Edit:
     """Check an edit against a model before anything is touched; return it with defaults filled in
     (the side, the constant's value) as `patch` applies it. Raises ValueError naming what is valid."""
     adapter = wrap(model)
+    e = replace(e, block=as_int(e.block), idx=as_int(e.idx), head=as_int(e.head),
+                value=as_int(e.value) if e.op == "keep_top" else e.value)  # numpy ints from tables are ints
     check_location(adapter, e.block, e.weight, e.head)
     if e.weight in ("OV", "QK") and e.head is None:
         raise SurgeryError(f"weight {e.weight!r} is per head: give head=0..{adapter.n_heads - 1}")

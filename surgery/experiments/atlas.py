@@ -24,9 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
+from surgery.checks import one_of
 from surgery.errors import SurgeryError
+from surgery.experiments.sequential import Design, schedule
 from surgery.experiments.settings import ATLAS_DTYPES, ATLAS_OPS, AtlasSettings
-from surgery.names import CORRECTIONS, WEIGHTS
+from surgery.names import CORRECTIONS, DT_EMBEDDINGS, WEIGHTS
 
 __all__ = ["atlas", "Atlas", "plan_edits", "RESULTS_FILE", "PLAN_FILE"]
 
@@ -145,6 +147,9 @@ def _resolve(settings: AtlasSettings | None, overrides: dict) -> AtlasSettings:
         raise SurgeryError(f"vectors={s.vectors!r} must be a positive number of leading triples per weight")
     if not isinstance(s.seed, int) or s.seed < 0:
         raise SurgeryError(f"seed={s.seed!r} must be a non-negative integer")
+    one_of(s.embedding, "embedding", DT_EMBEDDINGS)
+    # The design's own checks (looks, alpha, futility, spend, correction), before any model or cluster is touched.
+    Design(schedule(s.episodes, s.looks), 1, s.alpha, s.futility, s.correction, s.spend)
     return s
 
 
@@ -214,6 +219,10 @@ def atlas(model, settings: AtlasSettings | None = None, *, out: str | Path | Non
     start = time.perf_counter()
     s = _resolve(settings, dict(overrides))
     adapter = adapter_with_metadata(model, "atlas")
+    sets = getattr(alignment, "embeddings", None)
+    if sets is not None and s.embedding not in sets:  # else the claim fails after every episode is played
+        raise SurgeryError(f"embedding={s.embedding!r} is not among the alignment's embedding sets {list(sets)}: "
+                           "the report's claim needs its alignment columns")
     with saved_edits_applied(adapter, edits) as applied:
         planned = plan_edits(adapter, s, triples)
         if triples is not None:
@@ -238,7 +247,6 @@ class _Sweep:
         from surgery.behaviour.episodes import check_memory
         from surgery.behaviour.evaluation import weights_sha256
         from surgery.behaviour.rollout import prepare
-        from surgery.experiments.sequential import Design, schedule
 
         self.adapter, self.s, self.edits, self.runner, self.progress = adapter, s, edits, runner, progress
         self.out = None if out is None else Path(out)
@@ -313,10 +321,11 @@ class _Sweep:
             self.warnings.append(f"the model differs from {name!r} (edited since it was loaded?): workers load a "
                                  "copy saved with the results")
         where = (self.out if self.out is not None else tmp) / MODEL_DIR
-        saved = where.is_dir() and (where / "config.json").is_file()
-        if not (saved and weights_sha256(load(where).model) == self.sha):
-            with _no_hub_progress_bars():
-                save_checkpoint(self.adapter.model, self.adapter.metadata, where)
+        if _saved_sha(where) != self.sha:  # absent, another model's, or unreadable: (re)write it whole
+            from surgery.files import atomic_folder
+
+            with _no_hub_progress_bars(), atomic_folder(where, overwrite=True, replaceable=_a_model_copy) as new:
+                save_checkpoint(self.adapter.model, self.adapter.metadata, new)
         return ModelRef(str(where.resolve()), self.sha, None)
 
     # -- the stages --
@@ -447,6 +456,26 @@ def _no_hub_progress_bars():
     finally:
         if was:
             hf_logging.enable_progress_bar()
+
+
+def _saved_sha(folder: Path) -> str | None:
+    """The weights hash of the model copy saved for the workers; None when there is none that loads."""
+    from surgery.behaviour.evaluation import weights_sha256
+    from surgery.loading import load
+
+    if not (folder / "config.json").is_file():
+        return None
+    try:
+        return weights_sha256(load(folder).model)
+    except (OSError, ValueError):  # a copy cut short by an interrupted run (SurgeryError is a ValueError)
+        return None
+
+
+def _a_model_copy(folder: Path) -> str | None:
+    """Why out/model must not be replaced: None when it holds only a checkpoint's files."""
+    extra = sorted(p.name for p in folder.iterdir()
+                   if p.name not in ("config.json", "model.safetensors", "metadata.json", "generation_config.json"))
+    return None if not extra else f"it holds files a model copy does not ({', '.join(extra)})"
 
 
 def _edits_hash(edits) -> str:

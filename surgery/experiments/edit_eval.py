@@ -8,6 +8,7 @@ import torch
 
 from surgery import stats
 from surgery.behaviour.evaluation import EvalResult, Run, evaluate_runs
+from surgery.checks import level
 from surgery.core.patching import Patch, as_edit, validate_edit
 from surgery.errors import SurgeryError
 from surgery.experiments import edits as edit_specs
@@ -152,6 +153,7 @@ def edit_eval(model, edit, *, episodes: int = 200, seed: int = 0, target_return:
     if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 2:
         raise SurgeryError(f"episodes must be an integer of at least 2 (pairs for the paired tests; 6 are the fewest "
                            f"that can reach p < 0.05), got {episodes!r}")
+    alpha = level(alpha)
     adapter = adapter_with_metadata(model, "edit_eval")
     if isinstance(edit, Patch):  # e.g. a saved patch: its lanes add its saved factors
         if edit.adapter.model is not adapter.model:

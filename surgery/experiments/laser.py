@@ -21,6 +21,7 @@ import numpy as np
 
 from surgery import stats
 from surgery.analysis.tables import Table
+from surgery.checks import level
 from surgery.errors import SurgeryError
 from surgery.experiments.settings import LASER_FRACTIONS, LASER_WEIGHTS
 from surgery.files import markdown_table
@@ -103,8 +104,7 @@ def laser(model, *, weights=LASER_WEIGHTS, blocks=None, fractions=FRACTIONS, epi
 
     if correction not in CORRECTIONS:
         raise SurgeryError(f"correction={correction!r} is not known; valid: {', '.join(map(repr, CORRECTIONS))}")
-    if not 0 < alpha < 1:
-        raise SurgeryError(f"alpha={alpha!r} must be between 0 and 1")
+    level(alpha)
     if isinstance(episodes, bool) or not isinstance(episodes, int) or episodes < 2:
         raise SurgeryError(f"episodes must be an integer of at least 2, got {episodes!r}")
     adapter = adapter_with_metadata(model, "laser")

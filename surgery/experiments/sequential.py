@@ -52,11 +52,13 @@ look where the edit stopped does too.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import stats as sps
 
+from surgery.checks import integer, level, positive_number
 from surgery.errors import SurgeryError
 from surgery.names import CORRECTIONS
 from surgery.stats import adjust_pvalues, sign_flip_p
@@ -117,13 +119,11 @@ class Design:
         looks = tuple(int(n) for n in self.looks)
         if not looks or looks[0] < 1 or any(b <= a for a, b in zip(looks, looks[1:])):
             raise SurgeryError(f"looks={self.looks} must be increasing positive numbers of pairs")
-        if isinstance(self.spend, bool) or not isinstance(self.spend, (int, float)) or not self.spend > 0:
-            raise SurgeryError(f"spend={self.spend!r} must be a positive number (the power rho of the alpha spending)")
-        if self.edits < 1:
-            raise SurgeryError(f"edits={self.edits} must be at least 1")
-        if not 0 < self.alpha < 1:
-            raise SurgeryError(f"alpha={self.alpha!r} must be between 0 and 1")
-        if not 0 <= self.futility < 1:
+        positive_number(self.spend, "spend")  # the power rho of the alpha spending
+        integer(self.edits, "edits", low=1)
+        level(self.alpha)
+        if isinstance(self.futility, bool) or not isinstance(self.futility, numbers.Real) \
+                or not 0 <= self.futility < 1:
             raise SurgeryError(f"futility={self.futility!r} must be in [0, 1): a conditional power (0: never stop "
                                "for futility)")
         if self.correction not in CORRECTIONS:

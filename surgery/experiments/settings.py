@@ -2,9 +2,9 @@
 loads no torch: the CLI builds its flags from it)."""
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass, field
 
+from surgery.checks import level
 from surgery.errors import SurgeryError
 from surgery.names import CORRECTIONS, REMOVAL_OPS, WEIGHTS
 
@@ -137,8 +137,7 @@ class ValidateSettings:
             raise SurgeryError(f"dtype={self.dtype!r} is not supported; valid: {', '.join(ATLAS_DTYPES)}")
         if self.max_steps is not None and (not _whole(self.max_steps) or self.max_steps < 1):
             raise SurgeryError(f"max_steps={self.max_steps!r} must be a positive integer")
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, numbers.Real) or not 0 < self.alpha < 1:
-            raise SurgeryError(f"alpha={self.alpha!r} must be between 0 and 1")
+        level(self.alpha)
         if self.correction not in VALIDATE_CORRECTIONS:
             raise SurgeryError(f"correction={self.correction!r} is not known; valid: "
                                f"{', '.join(map(repr, VALIDATE_CORRECTIONS))}")

@@ -16,10 +16,12 @@ import torch
 
 from adapters import WEIGHTS, wrap
 from surgery.analysis.cosines import unit_rows
+from surgery.checks import integer
 from surgery.core import lowrank
 from surgery.core.decomposition import RESIDUAL_SIDES, decompose
 from surgery.core.state import state
 from surgery.errors import SurgeryError
+from surgery.files import jsonable, write_atomic
 from surgery.lm.semantic import CoherenceNull, TokenTable, score_vectors
 from surgery.progress import progress
 
@@ -87,10 +89,9 @@ class ScanResult:
         doc = dict(config=asdict(self.config), device=self.device, seconds=self.seconds,
                    seconds_decomposing=self.seconds_decomposing,
                    max_residual=self.max_residual, summary=self.summary(), vectors=self.rows())
-        text = json.dumps(doc, indent=1)
+        text = json.dumps(jsonable(doc), indent=1, allow_nan=False)  # NaN is not JSON: null instead
         if path is not None:
-            with open(path, "w") as f:
-                f.write(text)
+            write_atomic(path, text)
         return text
 
 
@@ -154,5 +155,7 @@ def _check(adapter, config: ScanConfig) -> None:
         raise SurgeryError(f"embedding={config.embedding!r} is not an embedding set of this model; valid: {', '.join(sets)}")
     if isinstance(config.k, bool) or not isinstance(config.k, int) or config.k < 1:
         raise SurgeryError(f"k={config.k!r} must be a positive number of triples per weight")
+    vocab = sets[config.embedding].vectors.shape[0]
+    integer(config.tokens, "tokens", low=2, high=vocab)  # before any block: tokens x vocab x vectors is allocated
     if config.dtype not in (None, "float32", "float64"):
         raise SurgeryError(f"dtype={config.dtype!r} is not an analysis dtype; valid: 'float32', 'float64' (or None)")
