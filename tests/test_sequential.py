@@ -160,3 +160,50 @@ def test_futility_needs_both_the_mean_and_the_ranks_to_give_up():
     seq = Sequential(design)
     assert seq.look(0, {0: outlier, 1: rare, 2: np.zeros(6), 3: -outlier}) == {
         0: "continue", 1: "continue", 2: "futility", 3: "continue"}
+
+
+
+def _flip_world(rng, m, n, damaging, drop, flips=0.02):
+    """HalfCheetah-like returns: about 5800 +- 100, and `flips` of episodes flip over (about 0). The baseline's
+    episode 4 flips, inside the first look (as in the HalfCheetah twin's atlas); `damaging` edits lower every
+    return by `drop`."""
+    def play(shape):
+        r = rng.normal(5800, 100, shape)
+        return np.where(rng.random(shape) < flips, rng.normal(0, 300, shape), r)
+
+    base = play(n)
+    base[4] = 188.0
+    edited = play((m, n))
+    edited[:damaging] -= drop
+    return base, np.round(edited) - np.round(base)
+
+
+def test_a_baseline_catastrophe_in_the_first_look_does_not_stop_real_damage():
+    """(e) One flipped baseline episode among the first 6 pairs adds the same +5600 to every edit's differences,
+    cancelling a drop of 1000 on the other 5: judged with it, futility stops most damaging edits at once; judged
+    without it (typical_pairs), all are found, and nothing else. Only stopping changes: where an edit reached the
+    same looks either way, its p* is the same."""
+    from surgery.experiments.sequential import typical_pairs
+
+    rng = np.random.default_rng(0)
+    design = Design(schedule(30, (0.2, 0.5, 1.0)), edits=100, alpha=0.05)
+    base, D = _flip_world(rng, 100, 30, damaging=10, drop=1000.0)
+    assert list(np.flatnonzero(~typical_pairs(base[:6]))) == [4]
+    blind, robust = simulate(D, design), simulate(D, design, baseline=base)
+    assert (blind.stopped[:10] == "futility").sum() >= 5 and blind.rejected[:10].sum() <= 5
+    assert robust.rejected[:10].all() and not robust.rejected[10:].any()
+    same = blind.pairs == robust.pairs
+    assert same.any() and np.array_equal(blind.p_final[same], robust.p_final[same])
+
+
+def test_family_wise_error_holds_with_a_catastrophic_baseline():
+    """(a') The null again, with the baseline-aware futility of the atlas and a baseline that flips."""
+    rng = np.random.default_rng(4)
+    m, reps, alpha = 8, 200, 0.2
+    design = Design(schedule(24, (0.25, 0.5, 1.0)), m, alpha=alpha)
+    any_rejected = 0
+    for _ in range(reps):
+        base, D = _flip_world(rng, m, 24, damaging=0, drop=0.0, flips=0.05)
+        any_rejected += simulate(D, design, baseline=base).rejected.any()
+    se = np.sqrt(alpha * (1 - alpha) / reps)
+    assert any_rejected / reps <= alpha + 3 * se

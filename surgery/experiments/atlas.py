@@ -35,7 +35,7 @@ __all__ = ["atlas", "Atlas", "plan_edits", "RESULTS_FILE", "PLAN_FILE"]
 RESULTS_FILE = "episodes.sqlite"
 PLAN_FILE = "plan.json"
 MODEL_DIR = "model"
-ATLAS_VERSION = 1  # bump when a change alters which jobs run or how tasks are cut
+ATLAS_VERSION = 2  # bump when a change alters which jobs run or how tasks are cut (2: typical_pairs)
 
 
 @dataclass
@@ -392,7 +392,7 @@ class _Sweep:
                     self.runner.run(tasks, on_result, on_progress=show if self.progress else None)
                 base = np.array([done[(-1, j)].episode_return for j in range(n)])
                 diffs = {e: np.array([done[(e, j)].episode_return for j in range(n)]) - base for e in seq.open()}
-                decisions = seq.look(k, diffs)
+                decisions = seq.look(k, diffs, baseline=base)
                 stopped = sum(v != "continue" for v in decisions.values())
                 left = len(seq.open())
                 if bar.total is not None:  # the plan shrinks: stopped edits (and a baseline nobody needs) end here
