@@ -58,13 +58,14 @@ def cmd_list(args) -> int:
     from surgery.behaviour.metadata import DTMetadata
     from surgery.zoo import names, resolve
 
-    print(f"{'name':<12} {'env':<16} {'return (mean +- std)':<22} {'D4RL score':<10} episodes")
+    w = max(len(n) for n in [*names(), "name"])  # the twins' names are longer than the recipes'
+    print(f"{'name':<{w}} {'env':<16} {'return (mean +- std)':<22} {'D4RL score':<10} episodes")
     for name in names():
         meta = DTMetadata.load(resolve(name))
         ev = meta.evaluation
         ret = f"{ev['return_mean']:.1f} +- {ev['return_std']:.1f}" if ev else "not evaluated"
         score = f"{ev['normalized_score']:.1f}" if ev.get("normalized_score") is not None else "-"
-        print(f"{name:<12} {meta.env_id:<16} {ret:<22} {score:<10} {ev.get('episodes', '-')}")
+        print(f"{name:<{w}} {meta.env_id:<16} {ret:<22} {score:<10} {ev.get('episodes', '-')}")
     return 0
 
 
