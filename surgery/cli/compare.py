@@ -58,13 +58,13 @@ def read_csv(path: Path) -> dict:
     return out
 
 
+OUT_FILES = ("cells.csv", "agreement.csv", "damage.csv", "summary.txt")
+
+
 def _replaceable(folder: Path) -> str | None:
     """Why --out must not be replaced: None for an empty folder or an earlier comparison's."""
     names = {p.name for p in folder.iterdir()}
     return None if names <= set(OUT_FILES) else f"it holds other files ({', '.join(sorted(names - set(OUT_FILES)))})"
-
-
-OUT_FILES = ("cells.csv", "agreement.csv", "damage.csv", "summary.txt")
 
 
 def run(args) -> int:
