@@ -27,6 +27,7 @@ _EXPORTS = {
     "EvalResult": "surgery.behaviour.evaluation", "evaluate": "surgery.behaviour.evaluation",
     "evaluate_pair": "surgery.behaviour.evaluation",
     "atlas": "surgery.experiments.atlas", "Atlas": "surgery.experiments.atlas",
+    "edit_eval": "surgery.experiments.edit_eval", "validate": "surgery.experiments.validate",
     "AtlasSettings": "surgery.experiments.settings", "ValidateSettings": "surgery.experiments.settings",
     "SurgeryError": "surgery.errors",
 }
@@ -45,6 +46,8 @@ if TYPE_CHECKING:  # what editors and type checkers see through the lazy exports
     from surgery.core.saved import load_patch
     from surgery.errors import SurgeryError
     from surgery.experiments.atlas import Atlas, atlas
+    from surgery.experiments.edit_eval import edit_eval
+    from surgery.experiments.validate import validate
     from surgery.experiments.settings import AtlasSettings, ValidateSettings
     from surgery.loading import load
 

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from surgery.experiments import edit_eval
+from surgery.experiments.edit_eval import edit_eval
 from surgery.loading import load
 from tests.experiments_models import cartpole_dt
 

@@ -12,7 +12,8 @@ import time
 import pytest
 
 from surgery.analysis.localisation import locate
-from surgery.experiments import choose_targets, validate
+from surgery.experiments import choose_targets
+from surgery.experiments.validate import validate
 from surgery.loading import load
 from tests.experiments_models import cartpole_dt
 

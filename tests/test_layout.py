@@ -72,3 +72,18 @@ def test_the_test_sees_an_upward_import(tmp_path):
     src.write_text("def f():\n    from surgery.cli.args import positive_int\n")
     found = [t for _, t in imports(src, "surgery.core.x")]
     assert layer(found[0])[1] > layer("surgery.core.x")[1]
+
+
+def test_no_lazy_export_is_named_like_a_submodule_of_its_package():
+    """`from pkg import name` must not give a function or a module depending on what was imported before:
+    importing pkg.name (as any caller of its other functions does) rebinds pkg.name to the module."""
+    import importlib
+    import pkgutil
+
+    for package in ("surgery", "surgery.experiments", "surgery.analysis", "surgery.behaviour", "surgery.core",
+                    "surgery.zoo", "surgery.lm"):
+        pkg = importlib.import_module(package)
+        exports = set(getattr(pkg, "_EXPORTS", {})) | set(getattr(pkg, "__all__", ()))
+        modules = {m.name for m in pkgutil.iter_modules(pkg.__path__)}
+        clash = sorted(exports & modules - set(getattr(pkg, "_MODULES", ())))
+        assert not clash, f"{package} exports {clash}, which are also its submodules"
