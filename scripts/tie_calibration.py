@@ -109,7 +109,7 @@ def summary(paths) -> None:
                   + "; ".join(f"{w} {rng(r['twin']['weyl'], w, 'weyl')[0]:.3f}..{rng(r['twin']['weyl'], w, 'weyl')[1]:.3f}"
                               for w in ws))
         for step, snap in r["snapshots"].items():
-            sin, turn, wedin, ident, gsin, size = [], [], [], [], [], []
+            sin, turn, wedin, gsin, size = [], [], [], [], []
             for t in snap["turning"]:
                 m, n = {"K": (128, 512), "V": (512, 128)}.get(t["weight"], (128, 128))  # the zoo's DT shapes
                 gap = np.asarray(t["rel_gap"])

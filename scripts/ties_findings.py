@@ -14,7 +14,6 @@ import os
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import numpy as np  # noqa: E402
 
 import surgery  # noqa: E402
 from surgery.analysis.settings import NOISE  # noqa: E402

@@ -11,13 +11,19 @@ import numbers
 
 from surgery.errors import SurgeryError
 
-__all__ = ["integer", "level", "positive_number", "one_of"]
+__all__ = ["integer", "level", "positive_number", "one_of", "scalar"]
+
+
+def scalar(value):
+    """A 0-d numpy or torch value as the Python number it holds; anything else unchanged (for the checks to judge)."""
+    if hasattr(value, "ndim") and getattr(value, "ndim") == 0 and hasattr(value, "item"):
+        return value.item()
+    return value
 
 
 def integer(value, name: str, low: int | None = None, high: int | None = None) -> int:
     """`value` as a Python int within [low, high] (either bound optional); numpy and 0-d torch integers count."""
-    if hasattr(value, "ndim") and getattr(value, "ndim") == 0 and hasattr(value, "item"):
-        value = value.item()  # a 0-d numpy or torch scalar
+    value = scalar(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise SurgeryError(f"{name} must be an integer{_range(low, high)}, got {type(value).__name__} {value!r}")
     value = int(value)
@@ -50,8 +56,7 @@ def one_of(value, name: str, valid) -> object:
 
 
 def _real(value, name: str, what: str) -> float:
-    if hasattr(value, "ndim") and getattr(value, "ndim") == 0 and hasattr(value, "item"):
-        value = value.item()
+    value = scalar(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise SurgeryError(f"{name} must be {what}, got {type(value).__name__} {value!r}")
     x = float(value)

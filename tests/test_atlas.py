@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from scipy import stats as sps
 
 import surgery
 from surgery.analysis.tables import Table
@@ -91,7 +92,10 @@ def test_rows_agree_with_independent_computations(run, balancer):
         w = np.diff([0.0] + [(k / d.looks[-1]) ** 2 for k in d.looks])  # the default spending, rho = 2
         p_star.append(min(1.0, min(brute_force_p(diffs[:k]) / w[i] for i, k in enumerate(looks))))
         assert r["damage"] == pytest.approx(-np.mean(diffs))
+        assert r["damage_first_look"] == pytest.approx(-np.mean(diffs[:d.looks[0]]))  # pairs every edit played
     assert np.allclose(a.rows["p"], p_star, rtol=1e-9)
+    first = a.claim().first_look  # the claim's check on common pairs: Spearman of |cos| against that damage
+    assert first.rho == pytest.approx(sps.spearmanr(a.rows["action_out_abs_cos"], a.rows["damage_first_look"]).statistic)
     # Holm by its step-down definition.
     order = np.argsort(p_star)
     rejected = set()
@@ -171,7 +175,9 @@ def test_an_atlas_too_small_to_decide_says_so(balancer):
     (dict(looks=(0.5, 0.2, 1.0)), "increasing fractions"),
     (dict(weights=("MLP",)), "valid: K, V, OV, QK"),
     (dict(blocks=(7,)), "out of range"),
-    (dict(episodes=0), "positive integer"),
+    (dict(episodes=0), r"episodes=0 is out of range \(valid: 1 or more\)"),
+    (dict(lanes=np.int64(0)), r"lanes=0 is out of range"),
+    (dict(vectors=2.5), "vectors must be an integer"),
     (dict(typo=1), "unknown atlas setting"),
 ])
 def test_bad_settings_are_refused_before_anything_is_written(balancer, tmp_path, kwargs, message):
@@ -244,8 +250,6 @@ def test_the_claim_tells_alignment_from_size():
     c = claim(_fake_atlas(cos, by_alignment, sv, ["K"] * n, aligned_p, by_alignment > 30), "action_out")
     assert c.within.low > 0 and c.table.p_fisher < 0.05 and c.outcome == "supported"
     # The pooled within-bin rho is the Fisher-z average of the bins' own Spearman rhos.
-    from scipy import stats as sps
-
     order = np.argsort(sv, kind="stable")
     zs = [(len(p) - 3, math.atanh(sps.spearmanr(cos[p], by_alignment[p]).statistic))
           for p in np.array_split(order, n // 20)]

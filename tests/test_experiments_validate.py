@@ -130,19 +130,20 @@ def test_the_settings_record_round_trips_through_a_dict_and_json():
 
 
 @pytest.mark.parametrize("bad, message", [
-    ({"top": 0}, "top=0 must be a positive integer"),
-    ({"controls": -1}, "controls=-1 must be a non-negative integer"),
+    ({"top": 0}, "top=0 is out of range (valid: 1 or more)"),
+    ({"controls": -1}, "controls=-1 is out of range (valid: 0 or more)"),
     ({"weights": ["MLP"]}, "['MLP'] not known; valid: K, V, OV, QK"),
     ({"weights": []}, "name at least one; valid: K, V, OV, QK"),
     ({"op": "scale"}, "op='scale' is not a validate edit; valid: 'constant', 'zero'"),
     ({"op": "zero", "value": 1.0}, "op='zero' takes no value"),
-    ({"seed": -1}, "seed=-1 must be a non-negative integer"),
-    ({"dtype": "float16"}, "dtype='float16' is not supported; valid: float32, bfloat16"),
-    ({"max_steps": 0}, "max_steps=0 must be a positive integer"),
+    ({"seed": -1}, "seed=-1 is out of range (valid: 0 or more)"),
+    ({"dtype": "float16"}, "dtype='float16' is not known; valid: 'float32', 'bfloat16'"),
+    ({"max_steps": 0}, "max_steps=0 is out of range (valid: 1 or more)"),
     ({"alpha": 2}, "alpha=2 must be strictly between 0 and 1"),
     ({"correction": "by"}, "correction='by' is not known; valid: 'holm', 'bh'"),
-    ({"episodes": 1}, "episodes must be an integer of at least 2"),
-    ({"episodes": True}, "episodes must be an integer of at least 2"),
+    ({"episodes": 1}, "episodes=1 is out of range (valid: 2 or more)"),
+    ({"episodes": True}, "episodes must be an integer (valid: 2 or more), got bool True"),
+    ({"top": 2.5}, "top must be an integer (valid: 1 or more), got float 2.5"),
 ])
 def test_bad_settings_are_refused_saying_what_is_valid(balancer, bad, message):
     from surgery.errors import SurgeryError

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from adapters import Adapter, wrap
+from surgery.checks import scalar
 from surgery.core import lowrank
 from surgery.core.state import state
 from surgery.errors import SurgeryError
@@ -65,8 +66,7 @@ class SVD:
 # ---- validation shared with patch ---------------------------------------------------------------
 def as_int(value):
     """A numpy or 0-d torch integer as a Python int; anything else (None, a float, a bool) unchanged for the checks."""
-    if hasattr(value, "ndim") and getattr(value, "ndim") == 0 and hasattr(value, "item"):
-        value = value.item()
+    value = scalar(value)
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         return int(value)
     return value

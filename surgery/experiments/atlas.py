@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from surgery.checks import one_of
+from surgery.checks import integer, one_of
 from surgery.errors import SurgeryError
 from surgery.experiments.sequential import Design, schedule
 from surgery.experiments.settings import ATLAS_DTYPES, ATLAS_OPS, AtlasSettings
@@ -132,21 +132,12 @@ def _resolve(settings: AtlasSettings | None, overrides: dict) -> AtlasSettings:
         raise SurgeryError("op='zero' takes no value")
     if s.op == "scale" and s.value is None:
         raise SurgeryError("op='scale' needs value=<factor for the singular value> (1.0 edits nothing)")
-    if s.dtype not in ATLAS_DTYPES:
-        raise SurgeryError(f"dtype={s.dtype!r} is not supported; valid: {', '.join(ATLAS_DTYPES)}")
-    if s.correction not in CORRECTIONS:
-        raise SurgeryError(f"correction={s.correction!r} is not known; valid: {', '.join(map(repr, CORRECTIONS))}")
-    for name in ("episodes", "lanes"):
-        v = getattr(s, name)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise SurgeryError(f"{name}={v!r} must be a positive integer")
-    if s.max_steps is not None and (isinstance(s.max_steps, bool) or not isinstance(s.max_steps, int)
-                                    or s.max_steps < 1):
-        raise SurgeryError(f"max_steps={s.max_steps!r} must be a positive integer")
-    if s.vectors is not None and (isinstance(s.vectors, bool) or not isinstance(s.vectors, int) or s.vectors < 1):
-        raise SurgeryError(f"vectors={s.vectors!r} must be a positive number of leading triples per weight")
-    if not isinstance(s.seed, int) or s.seed < 0:
-        raise SurgeryError(f"seed={s.seed!r} must be a non-negative integer")
+    one_of(s.dtype, "dtype", ATLAS_DTYPES)
+    one_of(s.correction, "correction", CORRECTIONS)
+    for name, low in (("episodes", 1), ("lanes", 1), ("max_steps", 1), ("vectors", 1), ("seed", 0)):
+        value = getattr(s, name)
+        if value is not None or name not in ("max_steps", "vectors"):  # those two: None means the default
+            s = replace(s, **{name: integer(value, name, low=low)})  # a numpy integer becomes an int
     one_of(s.embedding, "embedding", DT_EMBEDDINGS)
     # The design's own checks (looks, alpha, futility, spend, correction), before any model or cluster is touched.
     Design(schedule(s.episodes, s.looks), 1, s.alpha, s.futility, s.correction, s.spend)

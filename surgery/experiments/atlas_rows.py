@@ -80,8 +80,11 @@ def build(sweep, seq, done: dict, align, steps: dict) -> dict:
     b_ret = np.array([r.episode_return for r in baseline])
     b_fail = np.array([r.failed for r in baseline])
     p_star = seq.p_final()
+    # Every edit played the first look's pairs, before any stopping chose among them: damage measured there is
+    # comparable across edits (a baseline catastrophe shifts all alike), unlike `damage` at the stopping look.
+    n_first = d.looks[0]
     cols = {k: [] for k in ("episodes", "looks", "stopped", "baseline_return", "edited_return", "damage",
-                            "damage_low", "damage_high", "failures_baseline", "failures_edited", "p_failures",
+                            "damage_low", "damage_high", "damage_first_look", "failures_baseline", "failures_edited", "p_failures",
                             "env_steps")}
     for e, track in enumerate(seq.tracks):
         n = d.looks[track.looks - 1]
@@ -96,6 +99,7 @@ def build(sweep, seq, done: dict, align, steps: dict) -> dict:
         for name, value in (("episodes", n), ("looks", track.looks), ("stopped", track.stopped),
                             ("baseline_return", float(b_ret[:n].mean())), ("edited_return", float(x.mean())),
                             ("damage", drop.value), ("damage_low", drop.low), ("damage_high", drop.high),
+                            ("damage_first_look", float(np.mean(b_ret[:n_first] - x[:n_first]))),
                             ("failures_baseline", float(b_fail[:n].mean())), ("failures_edited", float(f.mean())),
                             ("p_failures", p_fail), ("env_steps", int(sum(r.length for r in mine)))):
             cols[name].append(value)
@@ -117,7 +121,7 @@ def build(sweep, seq, done: dict, align, steps: dict) -> dict:
         "stopped": np.array(cols["stopped"], dtype=object),
         "baseline_return": np.array(cols["baseline_return"]), "edited_return": np.array(cols["edited_return"]),
         "damage": np.array(cols["damage"]), "damage_low": np.array(cols["damage_low"]),
-        "damage_high": np.array(cols["damage_high"]),
+        "damage_high": np.array(cols["damage_high"]), "damage_first_look": np.array(cols["damage_first_look"]),
         "p": p_star, "p_adj": p_adj, "significant": p_adj <= s.alpha,
         "failures_baseline": np.array(cols["failures_baseline"]), "failures_edited": np.array(cols["failures_edited"]),
         "failure_change": np.array(cols["failures_edited"]) - np.array(cols["failures_baseline"]),

@@ -103,6 +103,10 @@ class Claim:
     sentence: str
     criteria: dict
     """Criterion -> {"holds": bool, "detail": str}."""
+    first_look: Correlation | None = None
+    """|cos| against the damage on the first look's pairs, which every edit played (a check of `rho`, not a
+    criterion: `damage` is measured at each edit's stopping look, where the sequential design chose the edits
+    that go on, and a catastrophe in a later baseline episode reaches only the edits still open)."""
     per_weight: dict = field(default_factory=dict)
     """Weight type -> its own Claim (when the atlas has several)."""
 
@@ -120,10 +124,12 @@ def claim(atlas, embedding: str = "action_out", per_bin: int = 20, seed: int = 0
     alpha = atlas.settings.alpha
     cos = np.asarray(r[f"{embedding}_abs_cos"], float)
     damage = np.asarray(r["damage"], float)
+    first = np.asarray(r["damage_first_look"], float) if "damage_first_look" in r.columns else None
     sv = np.asarray(r["singular_value"], float)
     energy = np.asarray(r["energy"], float)
     ok = np.isfinite(cos) & np.isfinite(damage)
     cos, damage, sv, energy, weight = cos[ok], damage[ok], sv[ok], energy[ok], np.asarray(r["weight"])[ok]
+    first = None if first is None else first[ok]
     aligned = np.asarray(r[f"{embedding}_p_adj"], float)[ok] < atlas.alignment_alpha
     damaging = (np.asarray(r["significant"], bool) & (np.asarray(r["damage"], float) > 0))[ok]
     boot = dict(method="bootstrap", n_resamples=RESAMPLES, seed=seed)
@@ -131,9 +137,10 @@ def claim(atlas, embedding: str = "action_out", per_bin: int = 20, seed: int = 0
     strata, within = _within_bins(cos, damage, sv, weight, per_bin)
     table = _table(aligned, damaging)
     kinds = tuple(dict.fromkeys(weight.tolist()))
+    first_look = None if first is None else spearman(cos, first, **boot)
     out = _judge(embedding, kinds, len(cos), rho, size, partial_spearman(cos, damage, sv),
                  partial_spearman(cos, damage, energy), within, tuple(strata), table, alpha, damaging.any(),
-                 atlas.design)
+                 atlas.design, first_look)
     if weights is None and len(kinds) > 1:
         per = {w: claim(atlas, embedding, per_bin, seed, weights=(w,)) for w in kinds}
         out = Claim(**{**out.__dict__, "per_weight": per})
@@ -176,13 +183,15 @@ def _above(c: Correlation) -> bool:
 
 
 def _judge(embedding, weights, n, rho, size, partial_size, partial_energy, within, strata, table, alpha,
-           any_damage, design) -> Claim:
+           any_damage, design, first_look=None) -> Claim:
     c1, c2 = _above(rho), _above(within) and _above(partial_size)
     testable_2x2 = table.aligned_damaging + table.aligned_harmless > 0
     c3 = testable_2x2 and table.p_fisher < alpha
     t = table
     criteria = {
-        "damage rises with alignment": {"holds": c1, "detail": f"{rho.describe()} over {rho.n} edits"},
+        "damage rises with alignment": {"holds": c1, "detail": f"{rho.describe()} over {rho.n} edits" + (
+            "" if first_look is None else f"; on the first look's {design.looks[0]} pairs, which every edit played: "
+            f"{first_look.describe()}")},
         "beyond size": {"holds": c2, "detail": f"within {len(strata)} bins of singular value: "
                         f"{within.describe('pooled rho')}; holding the singular value fixed: "
                         f"{partial_size.describe('partial rho')}; size alone: {size.describe('rho(S, damage)')}"},
@@ -214,4 +223,4 @@ def _judge(embedding, weights, n, rho, size, partial_size, partial_energy, withi
         sentence += (f" (no edit could be significant: with {design.looks[-1]} pairs the smallest p is above "
                      f"the last look's bound; at least {design.pairs_needed()} episodes are needed)")
     return Claim(embedding, tuple(weights), n, rho, size, partial_size, partial_energy, within, strata, table, outcome,
-                 sentence, criteria)
+                 sentence, criteria, first_look)

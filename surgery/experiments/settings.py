@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from surgery.checks import level
+from surgery.checks import integer, level, one_of
 from surgery.errors import SurgeryError
 from surgery.names import CORRECTIONS, REMOVAL_OPS, WEIGHTS
 
@@ -119,10 +119,10 @@ class ValidateSettings:
         w = self.weights
         if w is not None and not isinstance(w, tuple):  # "K", or a list (as JSON stores it): the record stays hashable
             object.__setattr__(self, "weights", (w,) if isinstance(w, str) else tuple(w))
-        if not _whole(self.top) or self.top < 1:
-            raise SurgeryError(f"top={self.top!r} must be a positive integer")
-        if self.controls is not None and (not _whole(self.controls) or self.controls < 0):
-            raise SurgeryError(f"controls={self.controls!r} must be a non-negative integer")
+        for name, low in (("top", 1), ("controls", 0), ("seed", 0), ("max_steps", 1), ("episodes", 2)):
+            value = getattr(self, name)
+            if value is not None or name not in ("controls", "max_steps"):  # those two: None means the default
+                object.__setattr__(self, name, integer(value, name, low=low))  # a numpy integer becomes an int
         unknown = [w for w in self.weights or () if w not in WEIGHTS]
         if unknown or self.weights == ():
             what = f"{unknown} not known" if unknown else "name at least one"
@@ -131,21 +131,6 @@ class ValidateSettings:
             raise SurgeryError(f"op={self.op!r} is not a validate edit; valid: {', '.join(map(repr, REMOVAL_OPS))}")
         if self.op == "zero" and self.value is not None:
             raise SurgeryError("op='zero' takes no value")
-        if not _whole(self.seed) or self.seed < 0:
-            raise SurgeryError(f"seed={self.seed!r} must be a non-negative integer")
-        if self.dtype not in ATLAS_DTYPES:
-            raise SurgeryError(f"dtype={self.dtype!r} is not supported; valid: {', '.join(ATLAS_DTYPES)}")
-        if self.max_steps is not None and (not _whole(self.max_steps) or self.max_steps < 1):
-            raise SurgeryError(f"max_steps={self.max_steps!r} must be a positive integer")
+        one_of(self.dtype, "dtype", ATLAS_DTYPES)
         level(self.alpha)
-        if self.correction not in VALIDATE_CORRECTIONS:
-            raise SurgeryError(f"correction={self.correction!r} is not known; valid: "
-                               f"{', '.join(map(repr, VALIDATE_CORRECTIONS))}")
-        if not _whole(self.episodes) or self.episodes < 2:
-            raise SurgeryError(f"episodes must be an integer of at least 2 (pairs for the paired tests; 6 are the "
-                               f"fewest that can reach p < 0.05), got {self.episodes!r}")
-
-
-def _whole(x) -> bool:
-    """An integer, and not a bool (True is an int to Python, never a count here)."""
-    return isinstance(x, int) and not isinstance(x, bool)
+        one_of(self.correction, "correction", VALIDATE_CORRECTIONS)
