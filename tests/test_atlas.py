@@ -186,6 +186,17 @@ def test_bad_settings_are_refused_before_anything_is_written(balancer, tmp_path,
     assert not (tmp_path / "out").exists()
 
 
+def test_a_failed_setup_releases_the_output_folder(balancer, tmp_path):
+    """plan.json cannot be written (a folder is in the way): the error, and no lock left held by this process."""
+    from surgery import runlock
+
+    out = tmp_path / "blocked"
+    (out / "plan.json").mkdir(parents=True)
+    with pytest.raises(OSError):
+        atlas(balancer, out=out, workers=0, progress=False, **SMALL)
+    assert not runlock._held  # a held flock would refuse every other process this folder until exit
+
+
 def test_report_files(run):
     a, out = run
     for name in ("atlas.csv", "atlas.md", "atlas.html", "atlas.json", "plan.json", "figures/damage_heatmap.png"):

@@ -75,3 +75,19 @@ def test_on_the_zoo_hopper_destroying_k_is_detected_and_a_no_op_is_not(tmp_path)
     same = edit_eval(hopper, dict(block=1, weight="K", idx=0, op="scale", value=1.0), out=tmp_path / "noop", **run)
     assert bad.comparison.difference.p_wilcoxon < 0.01 and bad.comparison.difference.mean_difference.high < 0
     assert same.comparison.difference.p_wilcoxon > 0.05 and same.edited.records == same.baseline.records
+
+
+def test_the_verdict_tests_the_mean_and_takes_its_direction_from_it():
+    """20 episodes 1 lower, 2 episodes 100 higher: the mean went up (not significantly); Wilcoxon alone says 'lower'."""
+    import numpy as np
+
+    from surgery import stats
+    from surgery.experiments.edit_eval import _verdict
+
+    base = np.full(22, 1000.0)
+    d = stats.paired_comparison(base, base + np.array([-1.0] * 20 + [100.0] * 2))
+    none = stats.paired_failures(np.zeros(22, bool), np.zeros(22, bool))
+    assert d.p_wilcoxon < 0.01 and d.p_permutation > 0.3  # the two tests disagree here
+    assert _verdict(d, none, 0.05).startswith("no significant change")
+    up = stats.paired_comparison(base, base + np.linspace(5, 15, 22))
+    assert _verdict(up, none, 0.05).startswith("return raised")

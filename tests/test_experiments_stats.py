@@ -93,6 +93,8 @@ def test_smallest_paired_p_is_what_the_tests_give_for_the_most_extreme_outcome(p
     assert smallest_paired_p(pairs) == pytest.approx(stats.wilcoxon(d, method="exact").pvalue)
     assert smallest_paired_p(pairs) == pytest.approx(stats.binomtest(pairs, pairs, 0.5).pvalue)
     assert smallest_paired_p(pairs) == pytest.approx(sign_flip_p(d))
+    one_sided = stats.binomtest(pairs, pairs, 0.5, alternative="greater").pvalue
+    assert smallest_paired_p(pairs, sides=1) == pytest.approx(one_sided)
 
 
 @pytest.mark.parametrize("comparisons, correction", [(1, "holm"), (15, "holm"), (15, "bh"), (768, "bonferroni")])
@@ -107,6 +109,15 @@ def test_too_few_pairs_names_the_smallest_p_and_the_pairs_needed(comparisons, co
     why = too_few_pairs(n - 1, 0.05, comparisons, correction)
     assert why.startswith("too few episodes to decide") and f"at least {n} episodes" in why
     assert f"{worse:.3g}" in why
+
+
+def test_a_one_sided_test_decides_with_fewer_pairs():
+    """laser tests "does the cut raise the return": 6 pairs, 2 cuts, Holm: 2^-6 * 2 = 0.031 can be significant."""
+    from surgery.stats import pairs_needed, too_few_pairs
+
+    assert too_few_pairs(6, 0.05, 2, "holm", sides=1) is None
+    assert too_few_pairs(6, 0.05, 2, "holm").startswith("too few episodes")  # two-sided: 2^-5 * 2 = 0.0625
+    assert pairs_needed(0.05, 2, "holm", sides=1) == pairs_needed(0.05, 2, "holm") - 1
 
 
 def test_five_pairs_cannot_decide_at_005():

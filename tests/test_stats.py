@@ -131,6 +131,22 @@ def test_bootstrap_ci_is_close_to_the_t_interval_and_deterministic():
     assert s["n"] == 400 and s["mean"] == est and s["min"] == x.min()
 
 
+def test_t_interval_holds_its_level_at_six_pairs_where_the_bootstrap_does_not():
+    """The atlas's first look: 6 pairs at 99.8%. Miss rates over normal samples of true mean 0."""
+    rng = np.random.default_rng(0)
+    conf, reps = 0.998, 3000
+    x = rng.normal(0, 1, (reps, 6))
+    t = [stats.mean_ci_t(row, conf) for row in x]
+    t_miss = np.mean([not (e.low <= 0 <= e.high) for e in t])
+    low, high = sps.t.interval(conf, 5, loc=x[0].mean(), scale=sps.sem(x[0]))  # scipy's own t interval
+    assert (t[0].low, t[0].high) == (pytest.approx(low), pytest.approx(high))
+    assert t_miss <= 0.002 + 3 * np.sqrt(0.002 * 0.998 / reps)
+    boot_miss = np.mean([not (e.low <= 0 <= e.high) for e in (stats.mean_ci(row, conf, n_resamples=1999)
+                                                                  for row in x[:400])])
+    assert boot_miss > 0.02  # measured 4.7% (a review, 1500 samples): why the atlas does not use it
+    assert stats.mean_ci_t([3.0], 0.95).low == -np.inf
+
+
 def test_benjamini_hochberg_matches_its_definition_and_r():
     # R: p.adjust(c(0.01, 0.02, 0.03, 0.04, 0.05), "BH") -> all 0.05
     assert np.allclose(stats.adjust_pvalues([0.01, 0.02, 0.03, 0.04, 0.05], "bh"), 0.05)

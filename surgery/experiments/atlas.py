@@ -286,13 +286,17 @@ class _Sweep:
         self.fingerprint = fingerprint(spec)
         if self.out is None:
             return _MemoryStore()
-        store = ResultsStore(self.out / RESULTS_FILE, spec, EditEpisode, key=("edit", "episode"))
         from surgery.experiments.edits import tag
         from surgery.files import to_json, write_atomic
 
-        write_atomic(self.out / PLAN_FILE, to_json({
-            "experiment": "atlas", "fingerprint": self.fingerprint, "spec": spec,
-            "design": self.design, "edits": [tag(e) for e in self.edits]}))
+        store = ResultsStore(self.out / RESULTS_FILE, spec, EditEpisode, key=("edit", "episode"))
+        try:
+            write_atomic(self.out / PLAN_FILE, to_json({
+                "experiment": "atlas", "fingerprint": self.fingerprint, "spec": spec,
+                "design": self.design, "edits": [tag(e) for e in self.edits]}))
+        except BaseException:  # also Ctrl-C: the store holds the folder's lock, which must not outlive the call
+            store.close()
+            raise
         return store
 
     def _model_ref(self, tmp: Path | None):

@@ -5,7 +5,7 @@ the embedding set (the atlas's alignment columns). Size is the confound to beat:
 triples carry more of a weight, and in the shipped models the most aligned vectors are also among
 the largest. Criteria (alpha is the atlas's):
   1. damage rises with alignment: Spearman's rho of |cos| against damage over all edits has its
-     (bootstrap) confidence interval above 0;
+     (bootstrap) confidence interval, at confidence 1 - alpha, above 0;
   2. beyond size: both size-adjusted measures have their intervals above 0: the pooled rho within
      bins of singular value (about `per_bin` vectors of one weight type each, so only vectors of about
      the same size are compared) and the partial rho holding the singular value fixed. Either alone
@@ -132,14 +132,15 @@ def claim(atlas, embedding: str = "action_out", per_bin: int = 20, seed: int = 0
     first = None if first is None else first[ok]
     aligned = np.asarray(r[f"{embedding}_p_adj"], float)[ok] < atlas.alignment_alpha
     damaging = (np.asarray(r["significant"], bool) & (np.asarray(r["damage"], float) > 0))[ok]
-    boot = dict(method="bootstrap", n_resamples=RESAMPLES, seed=seed)
+    # Every criterion at the atlas's level: intervals at 1 - alpha, Fisher's test at alpha.
+    boot = dict(method="bootstrap", n_resamples=RESAMPLES, seed=seed, confidence=1 - alpha)
     rho, size = spearman(cos, damage, **boot), spearman(sv, damage, **boot)
-    strata, within = _within_bins(cos, damage, sv, weight, per_bin)
+    strata, within = _within_bins(cos, damage, sv, weight, per_bin, 1 - alpha)
     table = _table(aligned, damaging)
     kinds = tuple(dict.fromkeys(weight.tolist()))
     first_look = None if first is None else spearman(cos, first, **boot)
-    out = _judge(embedding, kinds, len(cos), rho, size, partial_spearman(cos, damage, sv),
-                 partial_spearman(cos, damage, energy), within, tuple(strata), table, alpha, damaging.any(),
+    out = _judge(embedding, kinds, len(cos), rho, size, partial_spearman(cos, damage, sv, 1 - alpha),
+                 partial_spearman(cos, damage, energy, 1 - alpha), within, tuple(strata), table, alpha, damaging.any(),
                  atlas.design, first_look)
     if weights is None and len(kinds) > 1:
         per = {w: claim(atlas, embedding, per_bin, seed, weights=(w,)) for w in kinds}
@@ -147,7 +148,7 @@ def claim(atlas, embedding: str = "action_out", per_bin: int = 20, seed: int = 0
     return out
 
 
-def _within_bins(cos, damage, sv, weight, per_bin: int):
+def _within_bins(cos, damage, sv, weight, per_bin: int, confidence: float = 0.95):
     """Spearman rho within bins of about `per_bin` consecutive singular values per weight type, pooled by Fisher's z."""
     strata, zs, ws = [], [], []
     for w in dict.fromkeys(weight.tolist()):
@@ -166,9 +167,10 @@ def _within_bins(cos, damage, sv, weight, per_bin: int):
         return strata, Correlation(float("nan"), float("nan"), float("nan"), float("nan"), n, "within-bin fisher-z")
     z = float(np.dot(zs, ws) / np.sum(ws))
     se = math.sqrt(1.06 / np.sum(ws))  # each bin's atanh(rho) has variance 1.06 / (n - 3) (Fieller et al.)
-    half = 1.959963984540054 * se
+    half = float(sps.norm.isf((1 - confidence) / 2)) * se
     p = float(2 * sps.norm.sf(abs(z) / se))
-    return strata, Correlation(math.tanh(z), math.tanh(z - half), math.tanh(z + half), p, n, "within-bin fisher-z")
+    return strata, Correlation(math.tanh(z), math.tanh(z - half), math.tanh(z + half), p, n, "within-bin fisher-z",
+                               confidence)
 
 
 def _table(aligned, damaging) -> Table2x2:

@@ -264,7 +264,11 @@ class Runner:
             cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
                                    silence_logs=logging.ERROR)
         self._own.append(cluster)
-        self.client = Client(cluster)
+        try:
+            self.client = Client(cluster)
+        except BaseException:  # also Ctrl-C: `with` calls no __exit__ when __enter__ fails, so close the workers here
+            self.close()
+            raise
         self._own.append(self.client)
         return self
 

@@ -80,7 +80,7 @@ class EditEvaluation:
         lines += [
             f"edited - baseline: mean {diff.value:+.1f} [{diff.low:+.1f}, {diff.high:+.1f}], "
             f"median {d.median_difference:+.1f}",
-            f"  Wilcoxon signed-rank p = {fmt_p(d.p_wilcoxon)}, permutation p = {fmt_p(d.p_permutation)}; "
+            f"  permutation p (of the mean) = {fmt_p(d.p_permutation)}, Wilcoxon signed-rank p = {fmt_p(d.p_wilcoxon)}; "
             f"rank-biserial {d.rank_biserial:+.2f}, Cohen's d_z {d.cohens_dz:+.2f}",
             f"  failures: McNemar p = {fmt_p(f.p_mcnemar)} ({f.only_edited_failed} failed only when edited, "
             f"{f.only_baseline_failed} only in the baseline)",
@@ -123,7 +123,8 @@ class EditEvaluation:
             "",
             f"- mean difference {diff.value:+.1f} [{diff.low:+.1f}, {diff.high:+.1f}] (BCa bootstrap), "
             f"median {d.median_difference:+.1f}",
-            f"- Wilcoxon signed-rank p = {fmt_p(d.p_wilcoxon)}; paired permutation p = {fmt_p(d.p_permutation)}",
+            f"- paired permutation p (of the mean; the verdict's test) = {fmt_p(d.p_permutation)}; Wilcoxon "
+            f"signed-rank p = {fmt_p(d.p_wilcoxon)}",
             f"- effect sizes: matched-pairs rank-biserial {d.rank_biserial:+.2f}, Cohen's d_z {d.cohens_dz:+.2f}",
             f"- failures: exact McNemar p = {fmt_p(f.p_mcnemar)} ({f.only_edited_failed} episodes failed only "
             f"when edited, {f.only_baseline_failed} only in the baseline)",
@@ -210,8 +211,13 @@ def _rate(f) -> str:
 
 
 def _verdict(d, failures, alpha: float) -> str:
-    """One sentence: did the edit change the return / the failures, at level alpha."""
-    ret = d.p_wilcoxon < alpha
+    """One sentence: did the edit change the return / the failures, at level alpha.
+
+    The return's test is the paired permutation test of the mean, whose sign names the direction (as in
+    `validate`). Not Wilcoxon: it tests where most pairs lie, so 20 episodes 1 lower and 2 episodes 100
+    higher are "significant" for it while the mean went up.
+    """
+    ret = d.p_permutation < alpha
     fail = failures.p_mcnemar < alpha
     if not ret and not fail:
         return stats.too_few_pairs(d.n, alpha) or f"no significant change in return or failures at alpha {alpha:g}"

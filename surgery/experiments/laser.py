@@ -126,9 +126,10 @@ def laser(model, *, weights=LASER_WEIGHTS, blocks=None, fractions=FRACTIONS, epi
                 "episodes": episodes, "seed": seed, "target_return": base.target_return, "max_steps": max_steps,
                 "alpha": alpha, "correction": correction}
     rows_improving = rows.take(np.asarray(rows["improves"], bool))
-    too_few = stats.too_few_pairs(episodes, alpha, len(plan), correction)
+    # One-sided (does the cut *raise* the return): the smallest p is 2^-n, half the two-sided one.
+    too_few = stats.too_few_pairs(episodes, alpha, len(plan), correction, sides=1)
     best = rows.row(int(np.argmax(rows["change"]))) if len(rows) else None
-    if too_few:
+    if too_few and n_up == 0:
         sentence = f"{too_few}: no cut could have been shown to improve the return"
     elif n_up == 0:
         sentence = (f"no rank cut raises the return beyond chance: 0 of {len(plan)} (the largest mean change, "

@@ -45,9 +45,10 @@ deviation (z = sum d / sqrt(sum d^2); signed ranks: sum sign(d) r / sqrt(sum r^2
 projection of Lan and Wittes (1988): B(t) = z sqrt(t) at information fraction t = n_k / N, drift
 estimated as B(t) / t. It only decides when to stop; no p-value depends on it.
 
-The damage interval follows the same weighted Bonferroni: the interval at look k has confidence
-1 - (1 - c) w_k, so all K looks' intervals cover together with probability c, and the one at the
-look where the edit stopped does too.
+The damage interval follows the same weighted Bonferroni: the interval at look k (Student's t) has
+confidence 1 - (1 - c) w_k, so for normal differences all K looks' intervals cover together with
+probability c, and the one at the look where the edit stopped does too (docs/atlas.md: not for rare
+catastrophes at a few pairs).
 """
 from __future__ import annotations
 
@@ -72,7 +73,11 @@ STOPS = ("efficacy", "futility", "complete")
 
 def schedule(episodes: int, fractions) -> tuple[int, ...]:
     """Pairs at each look: ceil(f * episodes) for each fraction, strictly increasing, ending at `episodes`."""
-    f = [float(x) for x in ([fractions] if isinstance(fractions, (int, float)) else fractions)]
+    try:
+        f = [float(x) for x in ([fractions] if isinstance(fractions, (int, float)) else fractions)]
+    except (TypeError, ValueError):
+        raise SurgeryError(f"looks={fractions!r} must be increasing fractions of the episodes in (0, 1], the "
+                           "last one 1, e.g. (0.2, 0.5, 1.0)") from None
     if not f or any(not 0 < x <= 1 for x in f) or any(b <= a for a, b in zip(f, f[1:])) or f[-1] != 1:
         raise SurgeryError(f"looks={tuple(f)} must be increasing fractions of the episodes in (0, 1], the last "
                            "one 1, e.g. (0.2, 0.5, 1.0)")
@@ -130,6 +135,9 @@ class Design:
             raise SurgeryError(f"correction={self.correction!r} is not known; valid: "
                                f"{', '.join(map(repr, CORRECTIONS))}")
         object.__setattr__(self, "looks", looks)
+        if min(self.weights) <= 0:  # (n_1/N)^spend underflows: a look with no share of the level divides by 0
+            raise SurgeryError(f"spend={self.spend!r} leaves the look at {looks[0]} of {looks[-1]} pairs no share of the "
+                               f"level ((n_1/N)^spend = 0 in floating point); use a smaller spend (2 is the default)")
 
     @property
     def K(self) -> int:
