@@ -187,3 +187,25 @@ def test_table_sort_is_stable_both_ways():
     assert t.where(a=2)["i"].tolist() == [0, 2] and len(t.head(2)) == 2
     with pytest.raises(ValueError, match="differ in length"):
         Table({"a": [1, 2], "b": [1]})
+
+
+def test_energy_share_is_of_the_whole_matrix_on_a_fast_route():
+    """gram with 4 vectors computes 4 triples; their share is still of ||W||_F^2 (it was 5x too large)."""
+    from surgery.core.decomposition import energy
+
+    model = build("dt")
+    exact = alignment(model, embeddings="action_out", weights=("K", "OV"), progress=False).vectors
+    fast = alignment(model, embeddings="action_out", weights=("K", "OV"), method="gram", vectors=4,
+                     progress=False).vectors
+    for w in ("K", "OV"):
+        for r in fast.where(weight=w).rows():
+            head = -1 if r["head"] is None else r["head"]
+            ref = exact.where(weight=w, block=r["block"], head=head, side=r["side"], idx=r["idx"])
+            assert r["energy"] == pytest.approx(ref["energy"][0], rel=1e-4)
+    # ||W||_F^2 against sum S^2 of a float64 SVD, for a per-block weight and per head
+    adapter = surgery.wrap(model)
+    S = torch.linalg.svdvals(adapter.mlp_in(0).detach().double())
+    assert float(energy(adapter, 0, "K")) == pytest.approx(float((S ** 2).sum()), rel=1e-10)
+    w = adapter.attn_weights(1)
+    ov = w["W_V"].detach().double() @ w["W_O"].detach().double()
+    assert energy(adapter, 1, "OV").numpy() == pytest.approx((torch.linalg.svdvals(ov) ** 2).sum(-1).numpy(), rel=1e-10)

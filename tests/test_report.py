@@ -176,3 +176,36 @@ def test_markdown_tables_escape_every_cell():
     table = markdown_table(["edit", "|cos|"], [["b0 K #1", "0.5 *"], ["a|b", "two\nlines"]]).splitlines()
     cells = [len(re.findall(r"(?<!\\)\|", line)) - 1 for line in table]
     assert cells == [2, 2, 2, 2] and table[3] == "| a\\|b | two lines |"
+
+
+def test_tails_tell_labels_apart_by_index_not_by_text():
+    """GPT-2's byte tokens all print '�': two of them must stay two labels, each with its own cos."""
+    import numpy as np
+
+    from surgery.analysis.tables import Table
+
+    def records(labels, index, cos, tails_, ranks):
+        return Table({"label": np.array(labels, dtype=object), "label_index": np.array(index), "cos": np.array(cos),
+                      "tail": np.array(tails_, dtype=object), "rank": np.array(ranks)})
+
+    r = records(["�", "?", "x", "�", "�", "/"], [200, 63, 120, 201, 202, 47], [0.67, 0.65, 0.63, -0.55, -0.54, -0.53],
+                ["top"] * 3 + ["bottom"] * 3, [1, 2, 3, 1, 2, 3])
+    t = F.tails(r, 3)
+    assert t["top"][0] == ("�", 0.67) and [c for _, c in t["bottom"]] == [-0.55, -0.54, -0.53]
+    # A set of 4 labels with 3 kept per end: the ends overlap, so every label once, highest first.
+    small = records(["a", "b", "c", "d", "c", "b"], [0, 1, 2, 3, 2, 1], [0.9, 0.5, 0.1, -0.8, 0.1, 0.5],
+                    ["top"] * 3 + ["bottom"] * 3, [1, 2, 3, 1, 2, 3])
+    assert F.tails(small, 3) == {"all": [("a", 0.9), ("b", 0.5), ("c", 0.1), ("d", -0.8)]}
+    # Two kept per end of a large set, asked for three: top and bottom with what there is, not "every label".
+    few_kept = records(["a", "b", "y", "z"], [0, 1, 8, 9], [0.9, 0.5, -0.7, -0.8], ["top", "top", "bottom", "bottom"],
+                       [1, 2, 1, 2])
+    assert set(F.tails(few_kept, 3)) == {"top", "bottom"}
+
+
+def test_a_fast_route_with_few_vectors_reports_without_selectivity():
+    """method gram, vectors 4 (the docs' route for wide models): selectivity needs every triple; say so, not crash."""
+    import surgery
+
+    fast = locate(surgery.load("hopper"), ["action_out"], method="gram", vectors=4)  # something beyond chance
+    assert "most selective weight: not computed" in str(fast)
+    assert "not computed (fast route)" in build_report(fast, "hopper", figures=False).files["report.md"]

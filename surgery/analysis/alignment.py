@@ -26,6 +26,7 @@ from surgery.analysis.subspaces import near_null, projection_maxima, tie_thresho
 from surgery.analysis.tables import Table
 from surgery.checks import integer, level
 from surgery.core.decomposition import RESIDUAL_SIDES, decompose
+from surgery.core.decomposition import energy as weight_energy
 from surgery.core.threads import torch_threads
 from surgery.errors import SurgeryError
 from surgery.names import CORRECTIONS
@@ -287,6 +288,7 @@ def _gather(adapter, weight, side, blocks, heads, vectors, fold_ln, dtype, metho
         kwargs["k"] = min(int(vectors), adapter.rank(weight))  # fast routes compute only the leading triples
     for b in blocks:
         svd = decompose(adapter, b, weight, fold_ln=fold_ln, dtype=dtype, **kwargs)
+        totals = None  # ||W||_F^2, only when a fast route left triples out
         vec = svd.vectors(side)  # [d, r], or [H, d, r] for OV and QK
         for h in (heads if per_head else [-1]):
             V = (vec[h] if per_head else vec).to(dtype)
@@ -297,8 +299,11 @@ def _gather(adapter, weight, side, blocks, heads, vectors, fold_ln, dtype, metho
             level = NOISE[weight] if noise is None else noise
             S64 = S.double().numpy()
             t = ties(S64, level, shape(adapter, weight), complement=adapter.d_model > rank, complete=S.shape[0] == rank)
-            # (a fast route's k triples: the share of the energy they hold, a lower bound of the true share's base)
-            energy = S64 ** 2 / max(float((S64 ** 2).sum()), np.finfo(float).tiny)
+            # Share of the whole matrix's energy; a fast route has only k triples, so the total comes from ||W||_F^2.
+            if S.shape[0] < rank and totals is None:
+                totals = weight_energy(adapter, b, weight, fold_ln)
+            total = float((S64 ** 2).sum()) if S.shape[0] == rank else float(totals[h] if per_head else totals)
+            energy = S64 ** 2 / max(total, np.finfo(float).tiny)
             cols.append((full(b), full(h), pick, full(len(locations)), S64[pick],
                          t.rel_gap[pick], t.group[pick], t.size[pick], t.identifiable[pick], energy[pick],
                          near_null(S64, level)[pick]))

@@ -194,6 +194,10 @@ def describe(loc: Location, name: str, max_weights: int = 4) -> str:
     if s["n_near_null"]:
         lines.append(f"  not counted: {s['n_near_null']} vector(s) beyond chance whose singular value is below the "
                      "weight's noise floor (near-null: the weight ignores those directions)")
+    if s["selectivity"] is None or s["selectivity"] != s["selectivity"]:  # None or nan: a fast route's k triples
+        lines.append("  most selective weight: not computed (it needs every singular triple; this used a fast "
+                     "route's leading ones)")
+        return "\n".join(lines)
     verb = "writes" if s["selective_side"] == "out" and s["selective_weight"] != "QK" else "reads"
     selective = where(s["selective_block"], s["selective_weight"], s["selective_head"], s["selective_side"])
     lines.append(f"  most selective for it: {selective}, which {verb} its directions {s['selectivity']:.2f}x as "

@@ -237,11 +237,8 @@ def _top(svd: SVD, k: int) -> SVD:
                svd.method, res)
 
 
-def _compute(adapter: Adapter, block: int, weight: str, fold_ln: bool, dtype: torch.dtype,
-             method: str = "exact", k: int | None = None) -> SVD:
-    # No torch.no_grad() here: the factors are detached, so nothing records a graph anyway, and a
-    # Ctrl-C landing on the first instruction of no_grad's __exit__ would leave gradients off for the
-    # rest of the session (it did, in 1.3% of the interrupts tests/test_patch_interrupts.py sends).
+def _matrices(adapter: Adapter, block: int, weight: str, fold_ln: bool, dtype: torch.dtype) -> list[torch.Tensor]:
+    """The factors whose product is the decomposed matrix (the LayerNorm gain folded in when asked)."""
     mats = [f.detach().to(dtype) for f in factors(adapter, block, weight)]
     ln = adapter.ln_before(block, weight) if fold_ln else None
     if ln is not None and ln.weight is not None:
@@ -249,6 +246,29 @@ def _compute(adapter: Adapter, block: int, weight: str, fold_ln: bool, dtype: to
         mats[0] = gain.unsqueeze(-1) * mats[0]  # diag(gamma) @ (read side)
         if weight == "QK":
             mats[1] = mats[1] * gain  # the key side reads the same normalised stream: W_K.T @ diag(gamma)
+    return mats
+
+
+def energy(adapter: Adapter, block: int, weight: str, fold_ln: bool = False,
+           dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """sum S^2 of the whole matrix, ||W||_F^2, without its SVD (per head for OV and QK: shape [H]).
+
+    What a fast route's share of the energy must be divided by: the sum over only the k triples it
+    computed makes every share too large (5x for hopper block 0 K #0 with k = 4).
+    """
+    mats = _matrices(adapter, block, weight, fold_ln, dtype)
+    if len(mats) == 1:
+        return (mats[0] ** 2).sum()
+    A, B = mats  # ||A_h B_h||_F^2 = trace((A_h^T A_h)(B_h B_h^T)), with d_head x d_head products only
+    return torch.einsum("hij,hji->h", A.mT @ A, B @ B.mT)
+
+
+def _compute(adapter: Adapter, block: int, weight: str, fold_ln: bool, dtype: torch.dtype,
+             method: str = "exact", k: int | None = None) -> SVD:
+    # No torch.no_grad() here: the factors are detached, so nothing records a graph anyway, and a
+    # Ctrl-C landing on the first instruction of no_grad's __exit__ would leave gradients off for the
+    # rest of the session (it did, in 1.3% of the interrupts tests/test_patch_interrupts.py sends).
+    mats = _matrices(adapter, block, weight, fold_ln, dtype)
     res = None
     if method == "exact" and len(mats) == 1:
         with busy(f"SVD of block {block} {weight} {list(mats[0].shape)} ({str(dtype).replace('torch.', '')})",

@@ -157,14 +157,23 @@ def _summary_rows(loc: Location) -> tuple[list[str], list[list[str]]]:
         rows.append([r["embedding"], str(r["n_labels"]), str(r["n_searched"]), str(r["n_significant"]),
                      f"{r['threshold']:.3f}", f"{where(r['block'], r['weight'], r['head'], r['side'])} #{r['idx']}",
                      _fmt_size(r), F.visible(r["label"]), f"{r['cos']:+.3f}", _fmt_p(r["p_adj"]), f"{r['z']:.1f}", group_cell(r),
-                     f"{where(r['selective_block'], r['selective_weight'], r['selective_head'], r['selective_side'])}"
-                     f" ×{r['selectivity']:.2f} (z {r['selectivity_z']:.1f})"])
+                     _fmt_selective(r)])
     return head, rows
+
+
+def _fmt_selective(r) -> str:
+    if r["selectivity"] is None or r["selectivity"] != r["selectivity"]:  # a fast route: needs every triple
+        return "not computed (fast route)"
+    return (f"{where(r['selective_block'], r['selective_weight'], r['selective_head'], r['selective_side'])}"
+            f" ×{r['selectivity']:.2f} (z {r['selectivity_z']:.1f})")
 
 
 def _finding_rows(loc: Location, name: str) -> tuple[list[str], list[list]]:
     found = findings(loc, name)
     few = any("all" in f for f in found)  # a set of fewer than 2k labels: one column, each label once
+    for f in found:  # every row in the same layout (a row's tails are "all" only where its set is that small)
+        if few and "all" not in f:
+            f["all"] = f["top"] + f["bottom"]
     head = ["where", "idx", "σ (energy share)", "best label", "cos", "p", "p_adj", "z", "gap", "identifiable",
             "span |proj|",
             "span label", "span p_adj"]

@@ -51,16 +51,19 @@ def _cos_limit(values) -> float:
 def tails(records, k: int) -> dict:
     """The labels to show for one singular vector's records, each label once.
 
-    {"top": k labels of highest cos, "bottom": k of lowest} when the set has at least 2k labels;
-    with fewer the two ends would share labels, so {"all": every label, by cos, highest first}.
+    {"top": k labels of highest cos, "bottom": k of lowest} (at most as many as the alignment kept per end);
+    when the set is smaller than both ends together they share labels, so {"all": every label, by cos,
+    highest first}.
     Each entry is a list of (label, cos).
     """
-    pairs = {}
+    pairs, n = {}, 0  # by the label's index: two tokens can decode to the same text (GPT-2's bytes all print '�')
     for tail in ("top", "bottom"):
         t = records.where(tail=tail).sort("rank")
-        pairs.update(zip(t["label"].tolist(), t["cos"].tolist()))
-    if len(pairs) < 2 * k:
-        return {"all": sorted(pairs.items(), key=lambda lc: -lc[1])}
+        pairs.update(zip(t["label_index"].tolist(), zip(t["label"].tolist(), t["cos"].tolist())))
+        n += len(t)
+    # The ends share labels only when the set is smaller than the 2 x top the alignment kept: then it holds them all.
+    if len(pairs) < n:
+        return {"all": sorted(pairs.values(), key=lambda lc: -lc[1])}
     out = {}
     for tail in ("top", "bottom"):
         t = records.where(tail=tail).sort("rank").head(k)
