@@ -209,3 +209,15 @@ def test_energy_share_is_of_the_whole_matrix_on_a_fast_route():
     w = adapter.attn_weights(1)
     ov = w["W_V"].detach().double() @ w["W_O"].detach().double()
     assert energy(adapter, 1, "OV").numpy() == pytest.approx((torch.linalg.svdvals(ov) ** 2).sum(-1).numpy(), rel=1e-10)
+
+
+@pytest.mark.parametrize("correction", ["holm", "bh", "by"])
+def test_the_threshold_separates_what_the_correction_calls_beyond_chance(correction):
+    """For the step-up corrections the bar is the realised one: vectors below it were called beyond chance."""
+    a = alignment(surgery.load("hopper"), embeddings="action_out", correction=correction, progress=False)
+    thr = a.threshold("action_out")
+    v = a.vectors
+    beyond = np.asarray(v["p_adj"], float) < 0.05
+    assert beyond.sum() > 10
+    assert np.all(np.asarray(v["abs_cos"])[beyond] >= thr - 1e-9)
+    assert np.all(np.asarray(v["p_adj"])[np.asarray(v["abs_cos"]) >= thr + 1e-6] < 0.05)

@@ -100,10 +100,24 @@ class Alignment:
         return self.records.to_pandas()
 
     def threshold(self, embedding: str, alpha: float | None = None) -> float:
-        """|cos| the strongest vector must reach with `embedding` to beat chance at alpha, after the correction."""
+        """|cos| a vector must reach with `embedding` to beat chance at alpha, after the correction.
+
+        Holm and Bonferroni: alpha / m (the strongest vector's bar; later ones' bars are at least as high).
+        Benjamini-Hochberg and -Yekutieli are step-up: with k vectors of the family beyond chance, every
+        vector with p <= k alpha / m (BY: divided by sum_{i<=m} 1/i) is, so the bar is the realised one
+        (with none, the strongest's: k = 1).
+        """
         alpha = self.settings.alpha if alpha is None else alpha
-        m = 1 if self.settings.correction == "none" else max(self.family_size[embedding], 1)
-        return self.nulls[embedding].threshold(alpha / m)
+        s = self.settings
+        if s.correction == "none":
+            return self.nulls[embedding].threshold(alpha)
+        m = max(self.family_size[embedding], 1)
+        p = alpha / m
+        if s.correction in ("bh", "by"):
+            v = self.vectors if s.family != "set" else self.vectors.where(embedding=embedding)
+            k = max(1, int(np.sum(np.asarray(v["p_adj"], float) < alpha)))
+            p = k * alpha / m / (float(np.sum(1.0 / np.arange(1, m + 1))) if s.correction == "by" else 1.0)
+        return self.nulls[embedding].threshold(p)
 
     def __repr__(self) -> str:
         s = self.settings
