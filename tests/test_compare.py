@@ -25,6 +25,22 @@ def test_a_model_agrees_with_itself(hopper):
     ov, p = np.asarray(c.cells["overlap"], float), np.asarray(c.cells["p_overlap"], float)
     assert np.isfinite(ov).any() and np.allclose(ov[np.isfinite(ov)], 1.0, atol=1e-9)
     assert (p[np.isfinite(p)] < 0.05).all()  # the same subspace overlaps more than random ones do
+    # ... and more than with any other aligned cell: the selection-aware reference ranks it first.
+    other, pc = np.asarray(c.cells["overlap_other_cells"], float), np.asarray(c.cells["p_cells"], float)
+    assert (other[np.isfinite(other)] < 1 - 1e-6).all() and np.isfinite(pc).any()
+    n_others = {e: int(np.sum(np.isfinite(ov) & (c.cells["embedding"] == e))) - 1 for e in set(c.cells["embedding"])}
+    for r in c.cells.rows():
+        if r["p_cells"] is not None and np.isfinite(r["p_cells"]):
+            assert r["p_cells"] == pytest.approx(1 / (1 + n_others[r["embedding"]]))
+
+
+def test_cells_beyond_chance_are_counted_as_analyze_counts_carriers():
+    """Not near-null vectors (below the noise floor): LunarLander's return_in has them in block 0 and 1 OV."""
+    lunar = surgery.load("lunarlander")
+    c = compare_models(lunar, lunar, embeddings=["return_in"])
+    w = c.alignments[0].weights
+    carriers = int(np.sum(np.asarray(w["n_significant"]) > 0))
+    assert int(np.sum(np.asarray(c.cells["beyond_a"], bool))) == carriers
 
 
 def test_a_trained_model_and_an_untrained_twin_share_little(hopper):
