@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -54,14 +55,23 @@ def load(source, *, metadata=None, tokenizer=None, dtype=None, device: str | tor
 
 def _load_path(source, metadata, dtype, device) -> Adapter:
     path = Path(source).expanduser()
+    from surgery import zoo
+
+    bare_zoo_name = str(source) in zoo.names() and not _looks_like_path(str(source))
+    if path.is_dir() and bare_zoo_name:  # `zoo build --out .` makes exactly such a ./hopper
+        if not (path / "config.json").is_file():
+            warnings.warn(f"{source!r}: the folder ./{source} here is not a checkpoint (no config.json); loading the "
+                          f"zoo model {source!r}", stacklevel=3)
+            return _zoo_checkpoint(zoo.resolve(str(source)), metadata)
+        warnings.warn(f"{source!r} is both a checkpoint folder here and a zoo model; loading the folder "
+                      f"{path.resolve()} (write its path differently, e.g. ./{source}/, to silence this; move it "
+                      "away to load the zoo model)", stacklevel=3)
     if path.is_dir():
         return _load_dir(path, metadata, dtype, device)
     if path.exists():
         raise SurgeryError(f"{path} is a file; expected a checkpoint directory holding config.json")
     if _looks_like_path(str(source)):
         raise FileNotFoundError(f"model path {str(source)!r} does not exist")
-    from surgery import zoo
-
     if str(source) in zoo.names():
         return _zoo_checkpoint(zoo.resolve(str(source)), metadata)
     cached = _hf_cache_snapshot(str(source))
@@ -115,7 +125,7 @@ def _load_dir(path: Path, metadata, dtype=None, device=None) -> Adapter:
     if model_type != "decision_transformer" and any((path / f).is_file() for f in ("tokenizer.json", "vocab.json")):
         try:
             adapter.tokenizer = transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
-        except (OSError, ValueError) as e:
+        except Exception as e:  # noqa: BLE001  a malformed tokenizer.json fails as KeyError, TypeError, ... deep in HF
             raise SurgeryError(f"{path}: its tokenizer files cannot be read: {type(e).__name__}: {e}") from None
     return adapter
 

@@ -312,7 +312,8 @@ def _build(model_cls, config, dtype: torch.dtype, directory: Path):
         if hasattr(model, "tie_weights"):
             model.tie_weights()  # transformers 5 leaves meta parameters untied at construction
         return model
-    except (TypeError, ValueError) as e:  # a config.json that names an impossible model
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as e:  # a config.json naming an impossible
+        # model: an unknown activation is a KeyError in transformers' ACT2FN
         raise SurgeryError(f"{directory / 'config.json'} does not describe a buildable {model_cls.__name__}: "
                            f"{type(e).__name__}: {e}") from None
     finally:

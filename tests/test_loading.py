@@ -62,6 +62,29 @@ def test_missing_and_bad_paths(tmp_path):
         surgery.load(f)
 
 
+def test_broken_config_and_tokenizer_files_are_named_not_tracebacks(tmp_path):
+    model = build("gpt2")
+    model.save_pretrained(tmp_path)
+    (tmp_path / "tokenizer.json").write_text(json.dumps({"x": 1}))  # JSON, but no tokenizer
+    with pytest.raises(ValueError, match="its tokenizer files cannot be read: KeyError"):
+        surgery.load(tmp_path)
+    (tmp_path / "tokenizer.json").unlink()
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "activation_function": "nosuch"}))
+    with pytest.raises(ValueError, match="does not describe a buildable GPT2LMHeadModel: KeyError: 'nosuch'"):
+        surgery.load(tmp_path)
+
+
+def test_a_folder_named_like_a_zoo_model_is_not_taken_silently(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "hopper").mkdir()  # what `zoo build --out .` leaves behind, before it has written anything
+    with pytest.warns(UserWarning, match="not a checkpoint .* loading the zoo model 'hopper'"):
+        assert surgery.load("hopper").metadata.env_id == "Hopper-v5"
+    build("dt").save_pretrained(tmp_path / "hopper")  # a checkpoint of that name: taken, and said so
+    with pytest.warns(UserWarning, match="both a checkpoint folder here and a zoo model; loading the folder"):
+        assert surgery.load("hopper").model.config.n_layer == build("dt").config.n_layer
+
+
 def test_raw_model_objects_work_everywhere():
     model = build("gptj")
     with surgery.patch(model, block=1, weight="V", idx=0, op="zero"):
