@@ -68,6 +68,9 @@ def atomic_folder(path: str | Path, *, overwrite: bool = False, replaceable=None
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private
+        for f in tmp.rglob("*"):  # and transformers 5's save_pretrained writes model.safetensors 0600
+            if f.is_file() and not f.is_symlink():
+                os.chmod(f, 0o666 & ~_umask())
         _fsync_tree(tmp)
         if path.exists() or path.is_symlink():
             _check_replace(path, overwrite, replaceable)  # again: it may have appeared while we wrote

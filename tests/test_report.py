@@ -103,6 +103,17 @@ def test_atomic_write_leaves_no_partial_files(tmp_path, report, monkeypatch):
     assert after == before  # every file is whole: the old version or (identical) new one
 
 
+def test_a_rerun_into_the_same_folder_leaves_no_figures_of_the_earlier_run(tmp_path, report, loc):
+    out = tmp_path / "out"
+    (out / "notes.txt").parent.mkdir(parents=True)
+    (out / "notes.txt").write_text("mine")  # not the report's: never touched
+    report.write(out)
+    assert any((out / "figures").glob("*.png"))
+    build_report(loc, "tiny-dt", figures=False).write(out)
+    assert not any((out / "figures").glob("*.png")) and (out / "notes.txt").read_text() == "mine"
+    assert (out / "report.md").is_file()
+
+
 def test_figures_name_their_location(loc):
     a = loc.alignment
     fig = F.topk_table(a, "action_out", 1, "OV", head=2, side="out", k=3)

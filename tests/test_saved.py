@@ -328,3 +328,20 @@ def test_lanes_of_a_loaded_patch_add_its_saved_factors(tmp_path, monkeypatch):
     monkeypatch.setattr(patching, "updates", no_svd)
     lanes = LaneEdits(model, [loaded])
     assert lanes.edits[0] == loaded.edits and len(lanes.deltas[0]) == len(want)
+
+
+def test_atomic_folders_get_ordinary_permissions(tmp_path):
+    """A file written 0600 inside (transformers 5's model.safetensors) comes out as any other: 0666 minus umask."""
+    import os
+    import stat
+
+    from surgery.files import atomic_folder
+
+    umask = os.umask(0)
+    os.umask(umask)
+    with atomic_folder(tmp_path / "ckpt") as new:
+        (new / "model.safetensors").write_bytes(b"x")
+        os.chmod(new / "model.safetensors", 0o600)
+        (new / "config.json").write_text("{}")
+    for name in ("model.safetensors", "config.json"):
+        assert stat.S_IMODE((tmp_path / "ckpt" / name).stat().st_mode) == 0o666 & ~umask

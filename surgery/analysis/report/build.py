@@ -41,6 +41,11 @@ HOW_TO_READ = (
 )
 
 
+REPORT_FILES = ("report.html", "report.md", "summary.csv", "weights.csv", "vectors.csv", "groups.csv",
+                "alignment.csv", "summary.json")
+"""The fixed names a report writes (besides figures/*.png)."""
+
+
 @dataclass
 class Report:
     """Rendered files, by relative path."""
@@ -48,11 +53,21 @@ class Report:
     files: dict = field(default_factory=dict)  # path -> str or bytes
 
     def write(self, out: str | Path) -> list[Path]:
-        """Write every file atomically (temporary file in the same directory, then rename)."""
+        """Write every file atomically (temporary file in the same directory, then rename), then remove what an
+        earlier report left there and this one does not write (its figures), so the folder describes one run.
+
+        Not one atomic folder: `--out` may be a folder that holds other things (`--out .`); only the report's
+        own files (figures/*.png and the fixed names it writes) are ever removed.
+        """
         out = Path(out)
         if out.exists() and not out.is_dir():
             raise SurgeryError(f"--out {out} exists and is not a directory")
-        return [write_atomic(out / rel, content) for rel, content in self.files.items()]
+        written = [write_atomic(out / rel, content) for rel, content in self.files.items()]
+        stale = [p for p in (out / "figures").glob("*.png") if f"figures/{p.name}" not in self.files]
+        stale += [out / n for n in REPORT_FILES if n not in self.files and (out / n).is_file()]
+        for p in stale:
+            p.unlink()
+        return written
 
 
 # ---- what goes in ---------------------------------------------------------------------------------
