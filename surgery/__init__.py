@@ -47,8 +47,8 @@ if TYPE_CHECKING:  # what editors and type checkers see through the lazy exports
     from surgery.errors import SurgeryError
     from surgery.experiments.atlas import Atlas, atlas
     from surgery.experiments.edit_eval import edit_eval
-    from surgery.experiments.validate import validate
     from surgery.experiments.settings import AtlasSettings, ValidateSettings
+    from surgery.experiments.validate import validate
     from surgery.loading import load
 
 

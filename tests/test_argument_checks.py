@@ -161,3 +161,18 @@ def test_lm_scan_refuses_more_tokens_than_the_vocabulary():
     for tokens in (1, vocab + 1):
         with pytest.raises(SurgeryError, match=f"tokens={tokens} is out of range"):
             scan(model, ScanConfig(k=1, tokens=tokens, weights=("K",)), blocks=[0])
+
+
+def test_a_weight_named_twice_is_scanned_once_and_build_budgets_are_checked(tmp_path):
+    import math
+
+    from surgery.lm.scan import ScanConfig
+    from surgery.zoo.build import BuildOptions
+
+    assert ScanConfig(weights=("K", "K", "V")).weights == ("K", "V")
+    with pytest.raises(ValueError, match="expert_minutes"):
+        BuildOptions(tmp_path, expert_minutes=math.nan)  # nan would have removed the cap on ARS silently
+    with pytest.raises(ValueError, match="stop_after='trian' is not known"):
+        BuildOptions(tmp_path, stop_after="trian")
+    with pytest.raises(ValueError, match="episodes=0 is out of range"):
+        BuildOptions(tmp_path, episodes=0)

@@ -71,6 +71,8 @@ LM_BAD = [
     (["scan", "{gptj}", "--out", "{root}/nowhere/x.json"], "{root}/nowhere does not exist"),
     (["tokens", "{gptj}", "--block", "0", "--weight", "K", "--k", "0"], "argument --k: must be a positive integer"),
     (["tokens", "{gptj}", "--block", "-1", "--weight", "K"], "argument --block: must be a non-negative integer"),
+    (["tokens", "{gptj}", "--block", "5", "--weight", "OV", "--head", "1"], "block=5 is out of range"),  # before --k
+    (["width", "{gptj}", "{gptj}"], "named more than once"),
     (["tokens", "{gptj}", "--block", "0", "--weight", "OV", "--head", "-2"], "argument --head"),
     (["tokens", "{gptj}", "--block", "0", "--weight", "K", "--tokens", "-3"], "argument --tokens"),
     (["tokens", "{gptj}", "--block", "9", "--weight", "K"], "block=9 is out of range"),
@@ -159,6 +161,10 @@ def test_dt_bad_metadata_file(capsys, paths, tmp_path, monkeypatch, command, met
     (["zoo", "eval", "{dt}", "--episodes", "0"], "argument --episodes: must be a positive integer"),
     (["zoo", "eval", "{dt}", "--seed", "-3"], "argument --seed: must be a non-negative integer"),
     (["zoo", "build", "hopper", "--seed", "-3"], "argument --seed: must be a non-negative integer"),
+    (["zoo", "build", "hopper", "--expert-minutes", "nan"], "argument --expert-minutes: must be a finite number"),
+    (["zoo", "build", "hopper", "--expert-minutes", "0"], "argument --expert-minutes: must be a number above 0"),
+    (["evaluate", "{dt}", "--target-return", "inf"], "argument --target-return: must be a finite number"),
+    (["laser", "{dt}", "--alpha", "nan"], "argument --alpha: must be a finite number"),
 ])
 def test_dt_bad_options(capsys, paths, tmp_path, monkeypatch, argv, message):
     monkeypatch.chdir(tmp_path)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import tempfile
 from pathlib import Path
 
@@ -28,6 +29,25 @@ def non_negative_int(text: str) -> int:
     value = _int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a finite number (nan and inf reach no sensible setting)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number above 0."""
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number above 0, got {text!r}")
     return value
 
 
@@ -59,7 +79,7 @@ def add_rollout_arguments(p, episodes: int) -> None:
     p.add_argument("--seed", type=non_negative_int, default=0,
                    help="run seed; episode i is reset with a seed derived from (seed, i), so every run with "
                         "this seed faces the same initial states (default 0)")
-    p.add_argument("--target-return", type=float, help="return to condition on (default: the metadata's first)")
+    p.add_argument("--target-return", type=finite_float, help="return to condition on (default: the metadata's first)")
     p.add_argument("--max-steps", type=positive_int, help="cut episodes at this many steps (default: the env's limit)")
     p.add_argument("--bf16", action="store_true", help="bfloat16 forward: faster, actions differ slightly")
 

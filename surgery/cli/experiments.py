@@ -15,6 +15,7 @@ from surgery.cli.args import (
     add_settings_arguments,
     check_out_dir,
     edited_suffix,
+    finite_float,
     load_dt,
     non_negative_int,
     output_lock,
@@ -57,7 +58,7 @@ def _register_edit_eval(subparsers) -> None:
                    help="constant (the study's: the vector set to VALUE * ones, default 1/d_model), zero, "
                         "scale (the singular value times VALUE), keep_top (keep only the first VALUE triples); "
                         "default constant")
-    p.add_argument("--value", type=float, help="the op's value (see --op)")
+    p.add_argument("--value", type=finite_float, help="the op's value (see --op)")
     p.add_argument("--side", choices=SIDES,
                    help="edit the read (in) or write (out) vector (default: the side facing the residual stream)")
     p.add_argument("--edits", type=Path, metavar="DIR",
@@ -108,9 +109,9 @@ def _register_laser(subparsers) -> None:
     p.add_argument("--weights", nargs="+", choices=WEIGHTS, metavar="W", default=list(LASER_WEIGHTS),
                    help=f"weights to cut (default {' '.join(LASER_WEIGHTS)})")
     p.add_argument("--blocks", nargs="+", type=non_negative_int, metavar="B", help="blocks (default: all)")
-    p.add_argument("--fractions", nargs="+", type=float, metavar="F", default=list(FRACTIONS),
+    p.add_argument("--fractions", nargs="+", type=finite_float, metavar="F", default=list(FRACTIONS),
                    help=f"kept fractions of the rank (default {' '.join(map(str, FRACTIONS))})")
-    p.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
+    p.add_argument("--alpha", type=finite_float, default=0.05, help="significance level (default 0.05)")
     p.add_argument("--correction", choices=CORRECTIONS, default="holm",
                    help="correction across the cuts (default holm: family-wise)")
     p.add_argument("--out", type=Path, help="output directory (default runs/laser/MODEL)")

@@ -104,6 +104,9 @@ def _width(args) -> int:
     from surgery.lm.width import compare
 
     models = {}
+    repeated = sorted({m for m in args.models if args.models.count(m) > 1})
+    if repeated:
+        raise SurgeryError(f"model(s) named more than once: {', '.join(repeated)}; name each once")
     for source in args.models:
         random = source.startswith("random:")
         a = open_model(source, args.device, args.dtype, args.blocks if random else None)
@@ -112,8 +115,6 @@ def _width(args) -> int:
     # (GPT-2's 12 against GPT-J's 28); more than any model has is a mistake.
     depths = [a.n_blocks for a in models.values()]
     if args.blocks > max(depths):
-        from surgery.errors import SurgeryError
-
         raise SurgeryError(f"--blocks {args.blocks}: the models have at most {max(depths)} blocks "
                            f"(valid: 1..{max(depths)})")
     n = min([args.blocks, *depths])

@@ -5,7 +5,7 @@ import json
 import os
 from pathlib import Path
 
-from surgery.cli.args import check_out_dir, non_negative_int, positive_int
+from surgery.cli.args import check_out_dir, finite_float, non_negative_int, positive_float, positive_int
 
 
 def default_out() -> Path:
@@ -29,7 +29,7 @@ def register(subparsers) -> None:
     p.add_argument("--train-seed", type=non_negative_int, help="seed for DT training only (default: --seed); "
                    "another value trains a twin on the same expert and data")
     p.add_argument("--expert-iters", type=positive_int, help="ARS iterations (default: the recipe's)")
-    p.add_argument("--expert-minutes", type=float, help="wall-clock cap on ARS (makes the run non-reproducible)")
+    p.add_argument("--expert-minutes", type=positive_float, help="wall-clock cap on ARS (makes the run non-reproducible)")
     p.add_argument("--episodes", type=positive_int, help="episodes per dataset level (default: the recipe's)")
     p.add_argument("--train-steps", type=positive_int, help="DT gradient steps (default: the recipe's)")
     p.add_argument("--eval-episodes", type=positive_int, default=100, help="evaluation episodes (default 100)")
@@ -47,7 +47,7 @@ def register(subparsers) -> None:
     p.add_argument("--episodes", type=positive_int, default=100, help="episodes (default 100)")
     p.add_argument("--seed", type=non_negative_int, default=0,
                    help="run seed; episode seeds as in surgery evaluate (default 0)")
-    p.add_argument("--target-return", type=float, help="return to condition on (default: the metadata's first)")
+    p.add_argument("--target-return", type=finite_float, help="return to condition on (default: the metadata's first)")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
     p.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

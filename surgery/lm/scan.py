@@ -47,6 +47,12 @@ class ScanConfig:
     progress: bool = True
     """Show progress over blocks (a bar on a terminal, a line every 30 s otherwise), naming the weight in work."""
 
+    def __post_init__(self):
+        if isinstance(self.weights, str):
+            self.weights = (self.weights,)
+        # (scan checks the names.) A weight named twice would be scanned and counted twice (`--weights K K` reported 8 vectors for 4).
+        self.weights = tuple(dict.fromkeys(self.weights))
+
 
 @dataclass
 class ScanResult:

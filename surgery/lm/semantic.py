@@ -19,7 +19,7 @@ import torch
 
 from adapters import wrap
 from surgery.analysis.cosines import unit_rows
-from surgery.core.decomposition import DEFAULT_SIDE, SVD, check_side, decompose
+from surgery.core.decomposition import DEFAULT_SIDE, SVD, check_location, check_side, decompose
 from surgery.errors import SurgeryError
 
 NULLS = ("directions", "tokens")
@@ -165,6 +165,7 @@ def token_table(model, block: int, weight: str, head: int | None = None, *, embe
         raise SurgeryError(f"the {side} side of {weight} lives in the MLP's hidden space, not the residual stream; "
                            f"valid side for {weight}: {'in' if weight == 'K' else 'out'}")
     if svd is None:
+        check_location(adapter, block, weight, head)  # the place first: "k out of range" for a block 5 of 2 misleads
         rank = adapter.rank(weight)
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= rank:
             raise SurgeryError(f"k={k!r} is out of range: {weight} has {rank} singular triples (valid: 1..{rank})")

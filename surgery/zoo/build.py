@@ -12,6 +12,7 @@ import numpy as np
 from surgery import runlock
 from surgery.behaviour.envs import env_info
 from surgery.behaviour.metadata import DTMetadata
+from surgery.checks import integer, one_of, positive_number
 from surgery.errors import SurgeryError
 from surgery.files import write_atomic
 from surgery.zoo import cards, datasets
@@ -52,6 +53,16 @@ class BuildOptions:
     """torch CPU threads for training and evaluation."""
     stop_after: str | None = None
     """Stop after this stage (expert, data, train or model)."""
+
+    def __post_init__(self):  # a bad budget should fail here, not after minutes of ARS (nan removed the cap)
+        for name, low in (("seed", 0), ("train_seed", 0), ("expert_iters", 1), ("episodes", 1), ("train_steps", 1),
+                          ("eval_episodes", 1), ("eval_seed", 0), ("threads", 1)):
+            if getattr(self, name) is not None:
+                integer(getattr(self, name), name, low=low)
+        if self.expert_minutes is not None:
+            positive_number(self.expert_minutes, "expert_minutes")
+        if self.stop_after is not None:
+            one_of(self.stop_after, "stop_after", STAGES)
 
 
 def train_seed(opts: BuildOptions) -> int:
