@@ -129,7 +129,10 @@ def test_a_model_copy_cut_short_is_written_again(balancer, tmp_path):
 
 
 def _cli(argv, capsys) -> tuple[int, str]:
-    code = cli.main(argv)
+    try:
+        code = cli.main(argv)
+    except SystemExit as e:  # argparse's own refusals (a flag's type) exit from inside
+        code = e.code
     return code, capsys.readouterr().err
 
 
@@ -145,6 +148,8 @@ def test_cli_refusals_are_one_line_before_loading(tmp_path, capsys):
         (["compare", "hopper", "hopper", "--out", str(a_file)], "not a directory"),
         (["compare", "hopper", "hopper", "--atlas-a", str(table), "--atlas-b", str(table)], "row 3: column 'idx'"),
         (["edit-eval", "hopper", "--block", "0", "--weight", "K", "--op", "keep_top", "--value", "nan"],
+         "must be a finite number"),
+        (["edit-eval", "hopper", "--block", "0", "--weight", "K", "--op", "keep_top", "--value", "2.5"],
          "whole number"),
     ]
     for argv, message in cases:
