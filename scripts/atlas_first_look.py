@@ -19,7 +19,7 @@ import pandas as pd
 def first_look_damage(folder: Path) -> pd.Series:
     """Per edit: mean(baseline - edited) over the first look's episodes."""
     n = json.loads((folder / "plan.json").read_text())["design"]["looks"][0]
-    conn = sqlite3.connect(f"file:{folder / 'episodes.sqlite'}?mode=ro", uri=True)
+    conn = sqlite3.connect(f"file:{folder / 'episodes.sqlite'}?mode=ro&immutable=1", uri=True)  # immutable: no -shm/-wal files beside it
     try:
         ep = pd.read_sql_query("SELECT edit, episode, episode_return FROM episodes WHERE episode < ?", conn,
                                params=(n,))
@@ -63,7 +63,8 @@ def main() -> None:
         print(f"{folder}:")
         for ruler, c in zip(("at the stopping look", "on the first look's pairs"), claims(folder, args.embedding)):
             print(f"  {ruler}: {c.outcome.upper()}; {c.rho.describe('rho')}, {c.within.describe('within bins')}, "
-                  f"{c.partial_size.describe('partial (S fixed)')}")
+                  f"{c.partial_size.describe('partial (S fixed)')}; aligned & damaging {c.table.aligned_damaging}, "
+                  f"{c.table_within_size.expected:.1f} by size alone (stratified exact p {c.table_within_size.p:.2g})")
             for w, sub in c.per_weight.items():
                 print(f"    {w}: {sub.rho.describe('rho')}")
 

@@ -246,6 +246,11 @@ def test_the_claim_tells_alignment_from_size():
     by_size = 30 * sv ** 2 + rng.normal(0, 3, n)
     c = claim(_fake_atlas(cos, by_size, sv, ["K"] * n, aligned_p, by_size > 40), "action_out")
     assert c.rho.low > 0 and not c.criteria["beyond size"]["holds"] and c.outcome == "explained by size"
+    # The 2x2 table within bins of size: what size alone gives (damage by size: aligned vectors no more damaging
+    # than others of their size); with one bin it is Fisher's one-sided test itself.
+    assert c.table.p_fisher < 0.01 and c.table_within_size.p > 0.05
+    one_bin = claim(_fake_atlas(cos, by_size, sv, ["K"] * n, aligned_p, by_size > 40), "action_out", per_bin=n)
+    assert one_bin.table_within_size.p == pytest.approx(one_bin.table.p_fisher, rel=1e-9)
     # Four coarse bins are fooled here (size still varies inside each, and so does damage): the partial rho is not.
     coarse = claim(_fake_atlas(cos, by_size, sv, ["K"] * n, aligned_p, by_size > 40), "action_out", per_bin=50)
     assert coarse.within.low > 0 and coarse.partial_size.low < 0 < coarse.partial_size.high
@@ -260,6 +265,7 @@ def test_the_claim_tells_alignment_from_size():
     by_alignment = 200 * np.maximum(cos - 0.3, 0) + rng.normal(0, 3, n)
     c = claim(_fake_atlas(cos, by_alignment, sv, ["K"] * n, aligned_p, by_alignment > 30), "action_out")
     assert c.within.low > 0 and c.table.p_fisher < 0.05 and c.outcome == "supported"
+    assert c.table_within_size.p < 0.01 and c.table_within_size.observed > c.table_within_size.expected
     # The pooled within-bin rho is the Fisher-z average of the bins' own Spearman rhos.
     order = np.argsort(sv, kind="stable")
     zs = [(len(p) - 3, math.atanh(sps.spearmanr(cos[p], by_alignment[p]).statistic))

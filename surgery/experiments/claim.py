@@ -80,6 +80,17 @@ class Table2x2:
 
 
 @dataclass(frozen=True)
+class SizeMatchedTable:
+    """Aligned-and-damaging edits against what size alone gives, within bins of singular value."""
+
+    observed: int
+    expected: float
+    """Expected count if, within each bin, damaging edits were indifferent to alignment."""
+    p: float
+    """One-sided exact p (stratified Fisher): P(count >= observed)."""
+
+
+@dataclass(frozen=True)
 class Claim:
     """Alignment against damage over every edit of an atlas (or one weight type's edits)."""
 
@@ -103,6 +114,8 @@ class Claim:
     sentence: str
     criteria: dict
     """Criterion -> {"holds": bool, "detail": str}."""
+    table_within_size: SizeMatchedTable | None = None
+    """The 2x2 table within bins of singular value (stratified exact test): reported, not a criterion."""
     first_look: Correlation | None = None
     """|cos| against the damage on the first look's pairs, which every edit played (a check of `rho`, not a
     criterion: `damage` is measured at each edit's stopping look, where the sequential design chose the edits
@@ -137,31 +150,53 @@ def claim(atlas, embedding: str = "action_out", per_bin: int = 20, seed: int = 0
     rho, size = spearman(cos, damage, **boot), spearman(sv, damage, **boot)
     strata, within = _within_bins(cos, damage, sv, weight, per_bin, 1 - alpha)
     table = _table(aligned, damaging)
+    matched = _table_within_bins(aligned, damaging, sv, weight, per_bin)
     kinds = tuple(dict.fromkeys(weight.tolist()))
     first_look = None if first is None else spearman(cos, first, **boot)
     out = _judge(embedding, kinds, len(cos), rho, size, partial_spearman(cos, damage, sv, 1 - alpha),
                  partial_spearman(cos, damage, energy, 1 - alpha), within, tuple(strata), table, alpha, damaging.any(),
-                 atlas.design, first_look)
+                 atlas.design, first_look, matched)
     if weights is None and len(kinds) > 1:
         per = {w: claim(atlas, embedding, per_bin, seed, weights=(w,)) for w in kinds}
         out = Claim(**{**out.__dict__, "per_weight": per})
     return out
 
 
-def _within_bins(cos, damage, sv, weight, per_bin: int, confidence: float = 0.95):
-    """Spearman rho within bins of about `per_bin` consecutive singular values per weight type, pooled by Fisher's z."""
-    strata, zs, ws = [], [], []
+def _bins(sv, weight, per_bin: int):
+    """(weight type, indices) of bins of about `per_bin` consecutive singular values within each weight type."""
     for w in dict.fromkeys(weight.tolist()):
         mine = np.flatnonzero(weight == w)
         order = mine[np.argsort(sv[mine], kind="stable")]
         for part in np.array_split(order, max(1, order.size // per_bin)):
-            if part.size == 0:
-                continue
-            c = spearman(cos[part], damage[part], n_resamples=99)  # the point value only; the pool has the CI
-            strata.append(Stratum(w, float(sv[part].min()), float(sv[part].max()), int(part.size), c.rho))
-            if part.size > 3 and not math.isnan(c.rho):
-                zs.append(math.atanh(max(min(c.rho, 1 - 1e-12), -1 + 1e-12)))
-                ws.append(part.size - 3)
+            if part.size:
+                yield w, part
+
+
+def _table_within_bins(aligned, damaging, sv, weight, per_bin: int) -> SizeMatchedTable:
+    """The 2x2 table's aligned-and-damaging count against what size alone gives: its exact distribution when,
+    within each bin of singular value, the damaging edits fall on vectors regardless of alignment (a sum over
+    bins of independent hypergeometric counts, margins fixed: the stratified version of Fisher's test)."""
+    dist, observed = np.array([1.0]), 0
+    for _, part in _bins(sv, weight, per_bin):
+        a, d = aligned[part], damaging[part]
+        n, n_al, n_dmg = int(part.size), int(a.sum()), int(d.sum())
+        lo, hi = max(0, n_al + n_dmg - n), min(n_al, n_dmg)
+        pmf = np.zeros(hi + 1)
+        pmf[lo:] = sps.hypergeom.pmf(np.arange(lo, hi + 1), n, n_dmg, n_al)
+        dist, observed = np.convolve(dist, pmf), observed + int((a & d).sum())
+    expected = float(np.dot(np.arange(dist.size), dist))
+    return SizeMatchedTable(observed, expected, float(min(1.0, dist[observed:].sum())))
+
+
+def _within_bins(cos, damage, sv, weight, per_bin: int, confidence: float = 0.95):
+    """Spearman rho within bins of about `per_bin` consecutive singular values per weight type, pooled by Fisher's z."""
+    strata, zs, ws = [], [], []
+    for w, part in _bins(sv, weight, per_bin):
+        c = spearman(cos[part], damage[part], n_resamples=99)  # the point value only; the pool has the CI
+        strata.append(Stratum(w, float(sv[part].min()), float(sv[part].max()), int(part.size), c.rho))
+        if part.size > 3 and not math.isnan(c.rho):
+            zs.append(math.atanh(max(min(c.rho, 1 - 1e-12), -1 + 1e-12)))
+            ws.append(part.size - 3)
     n = int(sum(s.n for s in strata))
     if not ws:
         return strata, Correlation(float("nan"), float("nan"), float("nan"), float("nan"), n, "within-bin fisher-z")
@@ -185,7 +220,7 @@ def _above(c: Correlation) -> bool:
 
 
 def _judge(embedding, weights, n, rho, size, partial_size, partial_energy, within, strata, table, alpha,
-           any_damage, design, first_look=None) -> Claim:
+           any_damage, design, first_look=None, matched=None) -> Claim:
     c1, c2 = _above(rho), _above(within) and _above(partial_size)
     testable_2x2 = table.aligned_damaging + table.aligned_harmless > 0
     c3 = testable_2x2 and table.p_fisher < alpha
@@ -201,7 +236,9 @@ def _judge(embedding, weights, n, rho, size, partial_size, partial_energy, withi
             "holds": c3, "detail": "no vector is aligned beyond chance" if not testable_2x2 else
             f"{t.aligned_damaging} of {t.aligned_damaging + t.aligned_harmless} aligned vectors are significantly "
             f"damaging (precision {t.precision:.2f} against a base rate of {t.base_rate:.2f}; recall "
-            f"{t.recall:.2f}); Fisher's exact p = {t.p_fisher:.2g} (one-sided)"},
+            f"{t.recall:.2f}); Fisher's exact p = {t.p_fisher:.2g} (one-sided)" + (
+                "" if matched is None else f"; within bins of singular value {matched.observed} against "
+                f"{matched.expected:.1f} that size alone gives, stratified exact p = {matched.p:.2g}")},
     }
     unreachable = not design.reachable()
     if not any_damage:
@@ -225,4 +262,4 @@ def _judge(embedding, weights, n, rho, size, partial_size, partial_energy, withi
         sentence += (f" (no edit could be significant: with {design.looks[-1]} pairs the smallest p is above "
                      f"the last look's bound; at least {design.pairs_needed()} episodes are needed)")
     return Claim(embedding, tuple(weights), n, rho, size, partial_size, partial_energy, within, strata, table, outcome,
-                 sentence, criteria, first_look)
+                 sentence, criteria, matched, first_look)
