@@ -19,7 +19,8 @@ import pandas as pd
 def first_look_damage(folder: Path) -> pd.Series:
     """Per edit: mean(baseline - edited) over the first look's episodes."""
     n = json.loads((folder / "plan.json").read_text())["design"]["looks"][0]
-    conn = sqlite3.connect(f"file:{folder / 'episodes.sqlite'}?mode=ro&immutable=1", uri=True)  # immutable: no -shm/-wal files beside it
+    # immutable: reading leaves no -shm/-wal files beside the store
+    conn = sqlite3.connect(f"file:{folder / 'episodes.sqlite'}?mode=ro&immutable=1", uri=True)
     try:
         ep = pd.read_sql_query("SELECT edit, episode, episode_return FROM episodes WHERE episode < ?", conn,
                                params=(n,))
@@ -48,7 +49,8 @@ def claims(folder: Path, embedding: str):
     for damage in (rows["damage"], first):
         table = Table({**{c: rows[c].to_numpy() for c in cols}, "damage": damage.to_numpy(float)})
         # `significant` stays the sequential test's decision: only the ruler of the rank measures changes.
-        atlas = SimpleNamespace(rows=table, embeddings=(embedding,), settings=SimpleNamespace(alpha=plan["design"]["alpha"]),
+        atlas = SimpleNamespace(rows=table, embeddings=(embedding,),
+                                settings=SimpleNamespace(alpha=plan["design"]["alpha"]),
                                 alignment_alpha=0.05, design=design)  # the alignment's default level, as reported
         out.append(claim(atlas, embedding))
     return out

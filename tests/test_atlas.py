@@ -95,7 +95,8 @@ def test_rows_agree_with_independent_computations(run, balancer):
         assert r["damage_first_look"] == pytest.approx(-np.mean(diffs[:d.looks[0]]))  # pairs every edit played
     assert np.allclose(a.rows["p"], p_star, rtol=1e-9)
     first = a.claim().first_look  # the claim's check on common pairs: Spearman of |cos| against that damage
-    assert first.rho == pytest.approx(sps.spearmanr(a.rows["action_out_abs_cos"], a.rows["damage_first_look"]).statistic)
+    want = sps.spearmanr(a.rows["action_out_abs_cos"], a.rows["damage_first_look"]).statistic
+    assert first.rho == pytest.approx(want)
     # Holm by its step-down definition.
     order = np.argsort(p_star)
     rejected = set()

@@ -199,8 +199,8 @@ def test_tails_tell_labels_apart_by_index_not_by_text():
         return Table({"label": np.array(labels, dtype=object), "label_index": np.array(index), "cos": np.array(cos),
                       "tail": np.array(tails_, dtype=object), "rank": np.array(ranks)})
 
-    r = records(["�", "?", "x", "�", "�", "/"], [200, 63, 120, 201, 202, 47], [0.67, 0.65, 0.63, -0.55, -0.54, -0.53],
-                ["top"] * 3 + ["bottom"] * 3, [1, 2, 3, 1, 2, 3])
+    r = records(["�", "?", "x", "�", "�", "/"], [200, 63, 120, 201, 202, 47],
+                [0.67, 0.65, 0.63, -0.55, -0.54, -0.53], ["top"] * 3 + ["bottom"] * 3, [1, 2, 3, 1, 2, 3])
     t = F.tails(r, 3)
     assert t["top"][0] == ("�", 0.67) and [c for _, c in t["bottom"]] == [-0.55, -0.54, -0.53]
     # A set of 4 labels with 3 kept per end: the ends overlap, so every label once, highest first.

@@ -29,7 +29,8 @@ def register(subparsers) -> None:
     p.add_argument("--train-seed", type=non_negative_int, help="seed for DT training only (default: --seed); "
                    "another value trains a twin on the same expert and data")
     p.add_argument("--expert-iters", type=positive_int, help="ARS iterations (default: the recipe's)")
-    p.add_argument("--expert-minutes", type=positive_float, help="wall-clock cap on ARS (makes the run non-reproducible)")
+    p.add_argument("--expert-minutes", type=positive_float,
+                   help="wall-clock cap on ARS (makes the run non-reproducible)")
     p.add_argument("--episodes", type=positive_int, help="episodes per dataset level (default: the recipe's)")
     p.add_argument("--train-steps", type=positive_int, help="DT gradient steps (default: the recipe's)")
     p.add_argument("--eval-episodes", type=positive_int, default=100, help="evaluation episodes (default 100)")

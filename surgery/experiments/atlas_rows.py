@@ -82,8 +82,8 @@ def build(sweep, seq, done: dict, align, steps: dict) -> dict:
     # comparable across edits (a baseline catastrophe shifts all alike), unlike `damage` at the stopping look.
     n_first = d.looks[0]
     cols = {k: [] for k in ("episodes", "looks", "stopped", "baseline_return", "edited_return", "damage",
-                            "damage_low", "damage_high", "damage_first_look", "failures_baseline", "failures_edited", "p_failures",
-                            "env_steps")}
+                            "damage_low", "damage_high", "damage_first_look", "failures_baseline", "failures_edited",
+                            "p_failures", "env_steps")}
     for e, track in enumerate(seq.tracks):
         n = d.looks[track.looks - 1]
         mine = [done[(e, j)] for j in range(n)]

@@ -20,7 +20,8 @@ Three questions, each with its own chance reference:
    and random ones were not (hopper against its twin: 29% of *mismatched* cell pairs reach p_overlap <
    0.05). The selection-aware reference is B's other aligned cells of the same set: `p_cells` is the
    share of them (plus one) whose overlap with A's cell is at least the matched cell's, and
-   `overlap_other_cells` / `overlap_max_other_cell` their median and largest overlap. Where a subspace has as many vectors as the set has labels, its image is all of
+   `overlap_other_cells` / `overlap_max_other_cell` their median and largest overlap. Where a subspace
+   has as many vectors as the set has labels, its image is all of
    R^n in both models and the overlap says nothing (`p_overlap` is then empty). A fitted rotation between the two
    residual bases (orthogonal Procrustes on the embeddings) was tried first and dropped: it has
    d(d-1)/2 free parameters, and on Hopper against an untrained twin it reached a set-weighted fit

@@ -80,7 +80,8 @@ class EditEvaluation:
         lines += [
             f"edited - baseline: mean {diff.value:+.1f} [{diff.low:+.1f}, {diff.high:+.1f}], "
             f"median {d.median_difference:+.1f}",
-            f"  permutation p (of the mean) = {fmt_p(d.p_permutation)}, Wilcoxon signed-rank p = {fmt_p(d.p_wilcoxon)}; "
+            f"  permutation p (of the mean) = {fmt_p(d.p_permutation)}, "
+            f"Wilcoxon signed-rank p = {fmt_p(d.p_wilcoxon)}; "
             f"rank-biserial {d.rank_biserial:+.2f}, Cohen's d_z {d.cohens_dz:+.2f}",
             f"  failures: McNemar p = {fmt_p(f.p_mcnemar)} ({f.only_edited_failed} failed only when edited, "
             f"{f.only_baseline_failed} only in the baseline)",

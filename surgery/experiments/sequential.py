@@ -136,8 +136,9 @@ class Design:
                                f"{', '.join(map(repr, CORRECTIONS))}")
         object.__setattr__(self, "looks", looks)
         if min(self.weights) <= 0:  # (n_1/N)^spend underflows: a look with no share of the level divides by 0
-            raise SurgeryError(f"spend={self.spend!r} leaves the look at {looks[0]} of {looks[-1]} pairs no share of the "
-                               f"level ((n_1/N)^spend = 0 in floating point); use a smaller spend (2 is the default)")
+            raise SurgeryError(f"spend={self.spend!r} leaves the look at {looks[0]} of {looks[-1]} pairs no share "
+                               "of the level ((n_1/N)^spend = 0 in floating point); use a smaller spend "
+                               "(2 is the default)")
 
     @property
     def K(self) -> int:

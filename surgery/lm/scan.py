@@ -50,7 +50,8 @@ class ScanConfig:
     def __post_init__(self):
         if isinstance(self.weights, str):
             self.weights = (self.weights,)
-        # (scan checks the names.) A weight named twice would be scanned and counted twice (`--weights K K` reported 8 vectors for 4).
+        # (scan checks the names.) A weight named twice would be scanned and counted twice
+        # (`--weights K K` reported 8 vectors for 4).
         self.weights = tuple(dict.fromkeys(self.weights))
 
 
