@@ -93,8 +93,8 @@ def test_a_foreign_database_as_out_is_one_line_and_untouched(checkpoint, tmp_pat
                                      ["validate", "--top", "1"], ["atlas", "--vectors", "1", "--workers", "0"]])
 @pytest.mark.parametrize("flags, message", [
     (["--episodes", "1"], "must be at least 2|two looks fall on the same episode"),
-    (["--target-return", "nan"], "target-return: must be a finite number"),
-    (["--target-return", "inf"], "target-return: must be a finite number"),
+    (["--target-return", "nan"], "target.return:? must be a finite number"),
+    (["--target-return", "inf"], "target.return:? must be a finite number"),
     (["--episodes", "1000000000"], "more than the .* GiB available; use at most about"),
 ])
 def test_what_cannot_work_is_refused_before_anything_runs(checkpoint, tmp_path, capsys, command, flags, message):
