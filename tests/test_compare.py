@@ -25,13 +25,36 @@ def test_a_model_agrees_with_itself(hopper):
     ov, p = np.asarray(c.cells["overlap"], float), np.asarray(c.cells["p_overlap"], float)
     assert np.isfinite(ov).any() and np.allclose(ov[np.isfinite(ov)], 1.0, atol=1e-9)
     assert (p[np.isfinite(p)] < 0.05).all()  # the same subspace overlaps more than random ones do
-    # ... and more than with any other aligned cell: the selection-aware reference ranks it first.
-    other, pc = np.asarray(c.cells["overlap_other_cells"], float), np.asarray(c.cells["p_cells"], float)
-    assert (other[np.isfinite(other)] < 1 - 1e-6).all() and np.isfinite(pc).any()
-    n_others = {e: int(np.sum(np.isfinite(ov) & (c.cells["embedding"] == e))) - 1 for e in set(c.cells["embedding"])}
-    for r in c.cells.rows():
-        if r["p_cells"] is not None and np.isfinite(r["p_cells"]):
-            assert r["p_cells"] == pytest.approx(1 / (1 + n_others[r["embedding"]]))
+    # ... more than with any other aligned cell, and more than vectors with the same labels and cosines do.
+    other, same = np.asarray(c.cells["overlap_other_cells"], float), np.asarray(c.cells["p_same_labels"], float)
+    assert (other[np.isfinite(other)] < 1 - 1e-6).all() and np.isfinite(same).any()
+    assert (same[np.isfinite(same)] < 0.05).all()
+
+
+def test_the_same_labels_null_is_calibrated():
+    """Cells drawn from the null itself (each vector: its label's direction at its cos, else random): p uniform."""
+    from surgery.experiments.compare import same_labels_pvalue
+
+    g = torch.Generator().manual_seed(5)
+    d, n = 16, 6
+    Ea = torch.randn(n, d, generator=g, dtype=torch.float64)
+    Eb = torch.randn(n, d, generator=g, dtype=torch.float64)
+    Ea, Eb = Ea / Ea.norm(dim=1, keepdim=True), Eb / Eb.norm(dim=1, keepdim=True)
+    Ma, Mb = label_map(Ea), label_map(Eb)
+    rows = [{"label_index": 1, "cos": 0.6}, {"label_index": 4, "cos": -0.5}]
+
+    def vec(E):
+        out = []
+        for r in rows:
+            e = E[r["label_index"]]
+            u = torch.randn(d, generator=g, dtype=torch.float64)
+            u = u - (u @ e) * e
+            out.append(r["cos"] * e + (1 - r["cos"] ** 2) ** 0.5 * u / u.norm())
+        return torch.stack(out, 1)
+
+    ps = [same_labels_pvalue(float(overlap(Ma @ vec(Ea), Mb @ vec(Eb))), rows, rows, Ea, Eb, Ma, Mb, 400, i)
+          for i in range(150)]
+    assert stats.kstest(ps, "uniform").pvalue > 0.01 and 0.02 < np.mean(np.array(ps) < 0.1) < 0.2
 
 
 def test_cells_beyond_chance_are_counted_as_analyze_counts_carriers():
