@@ -124,7 +124,7 @@ def overlap_pvalue(value: float, map_a: torch.Tensor, map_b: torch.Tensor, ka: i
     Ua = torch.linalg.qr(torch.randn(draws, d, ka, generator=g, dtype=torch.float64)).Q
     Ub = torch.linalg.qr(torch.randn(draws, d, kb, generator=g, dtype=torch.float64)).Q
     null = overlap(map_a.double() @ Ua, map_b.double() @ Ub).numpy()
-    return float((1 + (null >= value - 1e-12).sum()) / (draws + 1))
+    return _monte_carlo_p(null, value)
 
 
 def same_labels_pvalue(value: float, rows_a, rows_b, E_a: torch.Tensor, E_b: torch.Tensor, map_a: torch.Tensor,
@@ -146,7 +146,12 @@ def same_labels_pvalue(value: float, rows_a, rows_b, E_a: torch.Tensor, E_b: tor
         return v.mT
 
     null = overlap(map_a.double() @ draw(rows_a, E_a), map_b.double() @ draw(rows_b, E_b)).numpy()
-    return float((1 + (null >= value - 1e-12).sum()) / (draws + 1))
+    return _monte_carlo_p(null, value)
+
+
+def _monte_carlo_p(null: np.ndarray, value: float) -> float:
+    """(1 + draws at least `value`) / (1 + draws): never 0, valid for a finite Monte Carlo null."""
+    return float((1 + (null >= value - 1e-12).sum()) / (null.size + 1))
 
 
 def compare_models(model_a, model_b, settings: AlignmentSettings | None = None, *, atlas_a=None, atlas_b=None,
