@@ -21,9 +21,10 @@ __all__ = ["progress", "busy"]
 class _Lines:
     """A tqdm stand-in for files that are not terminals: one line every `every` seconds and at the end."""
 
-    def __init__(self, total, desc: str, unit: str, every: float, stream):
+    def __init__(self, total, desc: str, unit: str, every: float, stream, initial: int = 0):
         self.total, self.desc, self.unit, self.every, self.stream = total, desc, unit, every, stream
-        self.n, self.start, self.last, self.postfix = 0, time.monotonic(), time.monotonic(), ""
+        self.n = self.initial = initial
+        self.start, self.last, self.postfix = time.monotonic(), time.monotonic(), ""
 
     def update(self, n: int = 1) -> None:
         self.n += n
@@ -43,13 +44,13 @@ class _Lines:
         elapsed = time.monotonic() - self.start
         done = f"{self.n}/{self.total}" if self.total else f"{self.n}"
         eta = ""
-        if self.total and self.n:
-            eta = f", about {max(self.total - self.n, 0) * elapsed / self.n:.0f} s left"
+        if self.total and self.n > self.initial:  # the rate of this run: work found done (resumed) took no time
+            eta = f", about {max(self.total - self.n, 0) * elapsed / (self.n - self.initial):.0f} s left"
         post = f" ({self.postfix})" if self.postfix else ""
         print(f"{self.desc}: {done} {self.unit} in {elapsed:.0f} s{eta}{post}", file=self.stream, flush=True)
 
     def close(self) -> None:
-        if self.n:
+        if self.n > self.initial:
             self._line()
 
     def __enter__(self):
@@ -83,10 +84,12 @@ class _Silent:
 
 
 def progress(total: int | None = None, desc: str = "", unit: str = "it", enabled: bool = True,
-             every: float = 30.0, stream=None):
+             every: float = 30.0, stream=None, initial: int = 0):
     """A progress bar: tqdm on a terminal, a plain line every `every` seconds otherwise, nothing if not enabled.
 
-    `total` may be changed later (`bar.total = n`) when the amount of work is found out as it goes.
+    `total` may be changed later (`bar.total = n`) when the amount of work is found out as it goes. `initial`:
+    work already done before this run (a resumed one); it counts towards the total but not the rate, so the
+    time left is not promised from work that took no time now.
     """
     stream = sys.stderr if stream is None else stream
     if not enabled:
@@ -94,8 +97,8 @@ def progress(total: int | None = None, desc: str = "", unit: str = "it", enabled
     if getattr(stream, "isatty", lambda: False)():
         from tqdm.auto import tqdm
 
-        return tqdm(total=total, desc=desc, unit=unit, file=stream, dynamic_ncols=True)
-    return _Lines(total, desc, unit, every, stream)
+        return tqdm(total=total, desc=desc, unit=unit, file=stream, dynamic_ncols=True, initial=initial)
+    return _Lines(total, desc, unit, every, stream, initial)
 
 
 @contextmanager

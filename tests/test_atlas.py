@@ -62,6 +62,42 @@ def test_the_balancer_atlas_finds_the_aligned_v_edits(run):
     assert set(a.rows["stopped"]) <= {"futility", "complete"} and sum(a.rows["stopped"] == "complete") >= 2
 
 
+def test_strongest_ranks_by_the_damage_shown_not_the_mean(run):
+    """A 6-pair edit whose mean is large by one bad episode must not outrank an established damage."""
+    from surgery.experiments.atlas_report import strongest
+
+    a, _ = run
+    top = strongest(a, n=len(a.rows))
+    assert np.all(np.diff(np.asarray(top["damage_low"], float)) <= 0)
+    assert {(r["block"], r["weight"], r["idx"]) for r in strongest(a, n=2).rows()} == {(0, "V", 0), (0, "V", 1)}
+
+
+def test_the_placebo_reads_the_least_changing_edits_against_the_baseline():
+    """The placebo against a direct computation; it warns only where its interval excludes zero."""
+    from surgery.experiments.atlas_rows import placebo, placebo_warning
+
+    rng = np.random.default_rng(0)
+    energy = rng.permutation(np.linspace(1e-4, 0.02, 32))  # the smallest quarter: all below PLACEBO_ENERGY
+    base = np.array([5800.0, 5900, 6000, 5700, 5850, 5950])
+    # Episodes that repeat: every edit plays its pair's baseline return up to noise -> no warning.
+    repeat = base + rng.normal(0, 5, (32, 6))
+    p = placebo(base, repeat, energy)
+    small = np.argsort(energy)[:8]
+    d = base - repeat[small].mean(axis=0)
+    half = sps.t.ppf(0.975, 5) * d.std(ddof=1) / math.sqrt(6)
+    assert (p["edits"], p["pairs"]) == (8, 6) and p["energy_max"] == pytest.approx(np.sort(energy)[7])
+    assert (p["damage"], p["low"], p["high"]) == pytest.approx((d.mean(), d.mean() - half, d.mean() + half))
+    assert placebo_warning(p) == []
+    # Episodes that do not repeat (each edit an independent draw around a lower mean) -> the shared
+    # baseline's luck is charged to every edit, and the report says so.
+    redrawn = 5400 + rng.normal(0, 100, (32, 6))
+    assert placebo(base, redrawn, energy)["low"] > 0
+    assert "no evidence of a vector's role" in placebo_warning(placebo(base, redrawn, energy))[0]
+    assert placebo(base, redrawn[:15], energy[:15]) is None  # a quarter of 15 edits is no reference
+    # An atlas of large triples only (every energy share above 0.01) has no placebo.
+    assert placebo(base, redrawn, energy + 0.01) is None
+
+
 def test_futility_changes_no_decision_on_the_balancer(balancer, run):
     """The price of stopping early, on the known model: the same decisions as never stopping, for less."""
     a, _ = run

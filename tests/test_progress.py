@@ -23,6 +23,18 @@ def test_lines_when_not_a_terminal():
     assert silent.getvalue() == ""
 
 
+def test_a_resumed_run_promises_time_left_from_its_own_rate(monkeypatch):
+    # 90 of 100 found done (stored by an earlier run), then 5 more in 10 s: 5 left at 0.5/s is 10 s,
+    # not the 0.5 s that counting the stored 90 as this run's work would promise.
+    now = [0.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    out = io.StringIO()
+    with progress(total=100, desc="atlas", unit="ep", every=0.0, stream=out, initial=90) as bar:
+        now[0] = 10.0
+        bar.update(5)
+    assert out.getvalue().splitlines()[0] == "atlas: 95/100 ep in 10 s, about 10 s left"
+
+
 def test_busy_reports_start_ticks_and_end():
     out = io.StringIO()
     with busy("SVD of something", every=0.05, stream=out):

@@ -63,6 +63,9 @@ class Atlas:
     thresholds: dict = field(default_factory=dict)
     """Embedding set -> the |cos| a vector must reach to be aligned beyond chance."""
     warnings: list = field(default_factory=list)
+    placebo: dict | None = None
+    """The return drop of the quarter of edits that change the weights least: the level damage is read against
+    (`atlas_rows.placebo`); None where fewer than 4 edits are that small."""
     files: dict = field(default_factory=dict)
     _claims: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -353,10 +356,9 @@ class _Sweep:
         N, m = d.looks[-1], d.edits
         steps: dict[int, int] = {}
         live: dict[str, int] = {}
+        stored = [len(done)]  # a resumed run's stored episodes: done, but not at this run's rate
         with progress_bar.progress(total=(m + 1) * N, desc=f"atlas {self.env_id}", unit="ep",
-                                   enabled=self.progress) as bar:
-            stored = [len(done)]
-            bar.update(stored[0])
+                                   enabled=self.progress, initial=stored[0]) as bar:
             if self.progress:
                 bar.set_postfix_str(f"{m} edits, {self.runner.describe()}")
 

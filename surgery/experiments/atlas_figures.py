@@ -57,10 +57,12 @@ def damage_heatmap(rows) -> Figure:
     return fig
 
 
-def damage_vs_alignment(rows, embedding: str, threshold: float | None = None, correlation=None) -> Figure:
+def damage_vs_alignment(rows, embedding: str, threshold: float | None = None, correlation=None,
+                        placebo: float | None = None) -> Figure:
     """Each edit's damage (with its interval) against its best |cos| with `embedding`, coloured by weight type.
 
-    Filled markers: significant after the correction. The dashed line: the |cos| that beats chance.
+    Filled markers: significant after the correction. The dashed line: the |cos| that beats chance. The
+    dotted one: the placebo's damage (`atlas_rows.placebo`), the level damage is to be read against.
     """
     col = f"{embedding}_abs_cos"
     fig = Figure(figsize=(7.5, 4.8), layout="constrained")
@@ -68,24 +70,26 @@ def damage_vs_alignment(rows, embedding: str, threshold: float | None = None, co
     _points(ax, rows, col)
     if threshold is not None and np.isfinite(threshold):
         ax.axvline(threshold, color="#555", ls="--", lw=0.8, label="beyond chance")
-    _finish(ax, f"best |cos| with {embedding}", f"damage against alignment with {embedding}", correlation)
+    _finish(ax, f"best |cos| with {embedding}", f"damage against alignment with {embedding}", correlation, placebo)
     return fig
 
 
-def damage_vs_size(rows, correlation=None) -> Figure:
+def damage_vs_size(rows, correlation=None, placebo: float | None = None) -> Figure:
     """Each edit's damage against its singular value (log scale), coloured by weight type: the confound."""
     fig = Figure(figsize=(7.5, 4.8), layout="constrained")
     ax = fig.subplots()
     _points(ax, rows, "singular_value")
     if np.all(np.asarray(rows["singular_value"], float) > 0):
         ax.set_xscale("log")
-    _finish(ax, "singular value", "damage against size", correlation)
+    _finish(ax, "singular value", "damage against size", correlation, placebo)
     return fig
 
 
-def _finish(ax, xlabel: str, title: str, correlation) -> None:
-    """The zero line, labels, the title with the correlation when there is one, grid and legend."""
+def _finish(ax, xlabel: str, title: str, correlation, placebo: float | None = None) -> None:
+    """The zero line (and the placebo's), labels, the title with the correlation when there is one, grid, legend."""
     ax.axhline(0, color="black", lw=0.8)
+    if placebo is not None and np.isfinite(placebo):
+        ax.axhline(placebo, color="#b30000", ls=":", lw=1.2, label=f"placebo {placebo:+.0f}")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("mean return drop (baseline - edited)")
     if correlation is not None and np.isfinite(correlation.rho):

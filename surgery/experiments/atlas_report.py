@@ -17,7 +17,8 @@ from surgery.files import markdown_table
 HOW_TO_READ = (
     "Each row is one singular triple edited on its own (op applied), played on paired episodes against the unedited "
     "model on the same environment seeds. damage = mean return drop (baseline - edited) over the pairs the edit "
-    "used, with a bootstrap interval that holds at whichever look the edit stopped (weighted Bonferroni). p is "
+    "used, with a Student's t interval that holds at whichever look the edit stopped (weighted Bonferroni: "
+    "level 1 - alpha w_k at look k) but is not corrected across edits; p_adj is. p is "
     "the edit's sequential p-value, min(1, min_k p_k / w_k) over the looks it reached (w_k: look k's share of the "
     "level), each p_k an exact paired "
     "permutation (sign-flip) p; p_adj corrects it across all edits. An edit stops early for efficacy when its "
@@ -68,6 +69,15 @@ def _lines_head(a) -> list[str]:
     ]
 
 
+def _placebo_line(a) -> list[str]:
+    p = a.placebo
+    if p is None:
+        return []
+    return [f"placebo: the {p['edits']} edits that change the weights least (energy share <= {p['energy_max']:.2g}) "
+            f"move the return by {p['damage']:+.1f} [{p['low']:+.1f}, {p['high']:+.1f}] over the first look's "
+            f"{p['pairs']} pairs (near 0 where a paired episode repeats under a tiny change)"]
+
+
 def _findings(a) -> list[str]:
     r, s = a.rows, a.settings
     sig = np.asarray(r["significant"], bool)
@@ -76,7 +86,7 @@ def _findings(a) -> list[str]:
     more = fail & (np.asarray(r["failure_change"], float) > 0)
     return [f"{int(sig.sum())} of {len(r)} edits change the return significantly ({s.correction}, alpha {s.alpha:g}): "
             f"{int((sig & (dmg > 0)).sum())} lower it, {int((sig & (dmg < 0)).sum())} raise it; "
-            f"{int(more.sum())} fail significantly more often"]
+            f"{int(more.sum())} fail significantly more often"] + _placebo_line(a)
 
 
 def _claim_lines(c) -> list[str]:
@@ -88,8 +98,9 @@ def _claim_lines(c) -> list[str]:
 
 
 def strongest(a, n: int = 10):
-    """The n most damaging edits."""
-    return a.rows.sort("damage", descending=True).head(n)
+    """The n edits with the largest damage shown: ranked by the low end of the damage interval, not the mean,
+    which over an early look's few pairs is as often large by chance (one bad episode) as by effect."""
+    return a.rows.sort("damage_low", descending=True).head(n)
 
 
 def surprising(a, n: int = 5):
@@ -129,7 +140,9 @@ def table_rows(a, t) -> list[list[str]]:
 def _sections(a):
     """(title, note, table) for the three lists."""
     e = a.settings.embedding
-    return [("Strongest damage", "", strongest(a)),
+    return [("Strongest damage", "Ranked by the low end of the damage interval: the damage each edit is shown to do "
+             "at least (a mean over an early look's few pairs is large by chance as often as by effect).",
+             strongest(a)),
             ("Surprising: damaging but not aligned",
              f"Significantly damaging edits whose vector is not aligned with {e} beyond chance.", surprising(a)),
             ("Aligned but harmless", f"Vectors aligned with {e} beyond chance whose edit changes nothing significant.",
@@ -165,16 +178,18 @@ def _figures(a, claim) -> dict:
     from surgery.experiments import atlas_figures as F
 
     e = a.settings.embedding
+    level = None if a.placebo is None else a.placebo["damage"]
+    dotted = "" if level is None else "; dotted: the placebo, what the edits that change the weights least do"
     return {
         "damage_heatmap": (png(F.damage_heatmap(a.rows)),
                            "Mean return drop of every edited triple (red: lower return, blue: higher); one panel per "
                            "weight, blocks (and heads) down, triple index across (0 = largest singular value); dots: "
                            "significant after the correction across edits."),
-        "damage_vs_alignment": (png(F.damage_vs_alignment(a.rows, e, a.thresholds.get(e), claim.rho)),
+        "damage_vs_alignment": (png(F.damage_vs_alignment(a.rows, e, a.thresholds.get(e), claim.rho, level)),
                                 f"Damage against the best |cos| with {e}, by weight type; filled: significant; "
-                                "dashed: the |cos| that beats chance; bars: the damage interval."),
-        "damage_vs_size": (png(F.damage_vs_size(a.rows, claim.size)),
-                           "Damage against the singular value: size is the confound alignment has to beat."),
+                                f"dashed: the |cos| that beats chance; bars: the damage interval{dotted}."),
+        "damage_vs_size": (png(F.damage_vs_size(a.rows, claim.size, level)),
+                           f"Damage against the singular value: size is the confound alignment has to beat{dotted}."),
     }
 
 
@@ -243,7 +258,7 @@ def to_dict(a, claim) -> dict:
     return {"experiment": "atlas", "model": a.model, "settings": a.settings,
             "alignment_settings": a.alignment_settings, "design": a.design, "design_text": a.design.describe(),
             "baseline": a.baseline.summary(), "cost": a.cost, "claim": claim, "warnings": a.warnings,
-            "thresholds": a.thresholds}
+            "thresholds": a.thresholds, "placebo": a.placebo}
 
 
 def write(a, out) -> list[Path]:

@@ -68,6 +68,39 @@ def sizes(adapter, edits) -> tuple[np.ndarray, np.ndarray]:
     return np.array(sv), np.array(energy)
 
 
+PLACEBO_ENERGY = 0.01
+"""Largest energy share of a placebo edit: zeroing it changes the weight by at most 10% of its norm."""
+
+
+def placebo(b_ret: np.ndarray, edited: np.ndarray, energy: np.ndarray) -> dict | None:
+    """What an edit that changes almost nothing does: of the quarter of edits with the smallest energy share,
+    those at most PLACEBO_ENERGY, their mean return drop over the first look's pairs, with a 95% Student's t
+    interval over those pairs.
+
+    b_ret: the baseline's returns over the first look's pairs; edited: [edits, pairs] returns; energy: per edit.
+    Near zero where a paired episode repeats under a tiny change. Where it does not (chaotic dynamics: one
+    float32 rounding re-rolls a HalfCheetah episode), every edit is an independent draw and the shared
+    baseline's own luck is charged to all of them: this level is what damage is to be read against.
+    None with fewer than 4 such edits (an atlas of a few large triples has no placebo).
+    """
+    quarter = np.argsort(energy, kind="stable")[: len(energy) // 4]
+    small = quarter[energy[quarter] <= PLACEBO_ENERGY]
+    if small.size < 4:
+        return None
+    drop = stats.mean_ci_t(b_ret - edited[small].mean(axis=0))
+    return {"edits": int(small.size), "energy_max": float(energy[small].max()), "pairs": int(b_ret.size),
+            "damage": drop.value, "low": drop.low, "high": drop.high}
+
+
+def placebo_warning(p: dict | None) -> list[str]:
+    if p is None or p["low"] <= 0 <= p["high"]:
+        return []
+    return [f"the {p['edits']} edits that change the weights least (energy share <= {p['energy_max']:.2g}) move the "
+            f"return by {p['damage']:+.0f} [{p['low']:+.0f}, {p['high']:+.0f}] over the first look's {p['pairs']} "
+            "pairs: a paired episode does not repeat under a change this small, so the shared baseline's own draw "
+            "is charged to every edit; damage of this size is no evidence of a vector's role (docs/atlas.md#placebo)"]
+
+
 def build(sweep, seq, done: dict, align, steps: dict) -> dict:
     """The fields of the Atlas of a finished sweep (atlas.py makes the Atlas: this module does not import it)."""
     from surgery.behaviour.evaluation import EpisodeRecord, EvalResult
@@ -89,10 +122,10 @@ def build(sweep, seq, done: dict, align, steps: dict) -> dict:
         mine = [done[(e, j)] for j in range(n)]
         x = np.array([r.episode_return for r in mine])
         f = np.array([r.failed for r in mine])
-        # Confidence 1 - 0.05 w_k at look k: over all looks together 0.95 (weighted Bonferroni), so the
+        # Confidence 1 - alpha w_k at look k: over all looks together 1 - alpha (weighted Bonferroni), so the
         # interval holds at whichever look the edit stopped. Student's t, not the bootstrap: at 6 pairs and
         # 99.8% the bootstrap's interval cannot reach its level (stats.mean_ci_t).
-        drop = stats.mean_ci_t(b_ret[:n] - x, confidence=1 - 0.05 * d.weights[track.looks - 1])
+        drop = stats.mean_ci_t(b_ret[:n] - x, confidence=1 - d.alpha * d.weights[track.looks - 1])
         p_fail = d.p_final([stats.paired_failures(b_fail[:m], f[:m]).p_mcnemar for m in d.looks[:track.looks]])
         for name, value in (("episodes", n), ("looks", track.looks), ("stopped", track.stopped),
                             ("baseline_return", float(b_ret[:n].mean())), ("edited_return", float(x.mean())),
@@ -104,6 +137,8 @@ def build(sweep, seq, done: dict, align, steps: dict) -> dict:
     p_adj = stats.adjust_pvalues(p_star, s.correction)
     p_adj_fail = stats.adjust_pvalues(np.array(cols["p_failures"]), s.correction)
     sv, energy = sizes(sweep.adapter, edits)
+    edited_first = np.array([[done[(e, j)].episode_return for j in range(n_first)] for e in range(len(edits))])
+    control = placebo(b_ret[:n_first], edited_first, energy)
     align_cols, sets = alignment_columns(align, edits, s.op)
     rows = Table({
         "edit": np.arange(len(edits)),
@@ -139,7 +174,7 @@ def build(sweep, seq, done: dict, align, steps: dict) -> dict:
         "stopped": {why: int(np.sum(rows["stopped"] == why)) for why in ("efficacy", "futility", "complete")},
         "where": sweep.runner.describe(),
     }
-    return dict(model=model_identity(sweep.adapter, sweep.source, sweep.base_patch), settings=s, alignment_settings=align.settings,
-                rows=rows, baseline=base, design=d, cost=cost, embeddings=sets,
+    return dict(model=model_identity(sweep.adapter, sweep.source, sweep.base_patch), settings=s,
+                alignment_settings=align.settings, rows=rows, baseline=base, design=d, cost=cost, embeddings=sets,
                 alignment_alpha=align.settings.alpha, thresholds={e: float(align.threshold(e)) for e in sets},
-                warnings=list(sweep.warnings))
+                warnings=list(sweep.warnings) + placebo_warning(control), placebo=control)
