@@ -24,7 +24,7 @@ __all__ = [
     "Estimate", "FailureRate", "Survival", "PairedComparison", "PairedFailures", "Comparison",
     "mean_ci", "mean_ci_t", "summarize", "failure_rate", "survival", "paired_comparison",
     "paired_failures", "rank_biserial", "adjust_pvalues", "compare", "CORRECTIONS", "scipy_rng",
-    "sign_flip_p", "two_sample_p",
+    "sign_flip_p", "two_sample_p", "welch_ci", "unpaired_failures_p",
 ]
 
 
@@ -315,6 +315,33 @@ def two_sample_p(x, pool, resamples: int = 4000, refine: int = 200_000, near: fl
 
     p = (1 + hits(resamples)) / (1 + resamples)
     return (1 + hits(refine)) / (1 + refine) if p < near else p
+
+
+def welch_ci(reference, x, confidence: float = 0.95) -> Estimate:
+    """mean(reference) - mean(x) with Welch's t interval (unequal variances): the unpaired counterpart of
+    `mean_ci_t` on paired differences. Written out (Welch-Satterthwaite degrees of freedom) rather than through
+    scipy's ttest_ind, which warns on a constant sample (a pool of CartPole episodes that all last the limit):
+    there the interval comes from the other sample alone, and two constant samples give the difference itself."""
+    level(confidence, "confidence")
+    a, b = _as_1d(reference, "reference"), _as_1d(x, "x")
+    diff = float(a.mean() - b.mean())
+    if a.size < 2 or b.size < 2:
+        return Estimate(diff, -math.inf, math.inf, confidence)
+    va, vb = float(a.var(ddof=1)) / a.size, float(b.var(ddof=1)) / b.size
+    se = math.sqrt(va + vb)
+    if se == 0.0:
+        return Estimate(diff, diff, diff, confidence)
+    df = (va + vb) ** 2 / (va ** 2 / (a.size - 1) + vb ** 2 / (b.size - 1))
+    half = float(stats.t.ppf(0.5 + confidence / 2, df)) * se
+    return Estimate(diff, diff - half, diff + half, confidence)
+
+
+def unpaired_failures_p(reference_failed, failed) -> float:
+    """Two-sided Fisher's exact p that two independent samples fail at different rates (McNemar's unpaired
+    counterpart)."""
+    a, b = _as_1d(reference_failed, "reference_failed").astype(bool), _as_1d(failed, "failed").astype(bool)
+    table = [[int(a.sum()), int((~a).sum())], [int(b.sum()), int((~b).sum())]]
+    return float(stats.fisher_exact(table).pvalue)
 
 
 @dataclass(frozen=True)

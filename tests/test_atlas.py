@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import math
 from types import SimpleNamespace
 
@@ -13,6 +14,7 @@ import torch
 from scipy import stats as sps
 
 import surgery
+from surgery import stats
 from surgery.analysis.tables import Table
 from surgery.behaviour.results_store import ResultsStore
 from surgery.experiments.atlas import RESULTS_FILE, atlas, plan_edits
@@ -96,6 +98,72 @@ def test_the_placebo_reads_the_least_changing_edits_against_the_baseline():
     assert placebo(base, redrawn[:15], energy[:15]) is None  # a quarter of 15 edits is no reference
     # An atlas of large triples only (every energy share above 0.01) has no placebo.
     assert placebo(base, redrawn, energy + 0.01) is None
+
+
+def test_a_pooled_atlas_judges_every_edit_against_fresh_unedited_episodes(balancer, run, tmp_path):
+    """--pool: the pool is the baseline's episodes past the edits' seeds, played before any look; rows agree
+    with computations from the stored episodes and with scipy's own two-sample permutation test."""
+    from surgery.experiments.atlas import pool_p
+
+    a = atlas(balancer, out=tmp_path, workers=0, progress=False, pool=40, **SMALL)
+    N, d = SMALL["episodes"], a.design
+    stored = _stored(tmp_path)
+    field = {f.name: i for i, f in enumerate(dataclasses.fields(EditEpisode))}
+    ret = lambda e, j: stored[(e, j)][field["episode_return"]]  # noqa: E731
+    pool = np.array([ret(-1, j) for j in range(N, N + 40)])
+    assert len(a.baseline.records) == 40 and not any((e, j) in stored for e in range(len(a.rows)) for j in range(N, 52))
+    for r in a.rows.rows():
+        x = np.array([ret(r["edit"], j) for j in range(r["episodes"])])
+        assert r["damage"] == pytest.approx(pool.mean() - x.mean())
+        assert r["baseline_return"] == pytest.approx(pool.mean())
+        looks = [k for k, n in enumerate(d.looks) if n <= x.size]
+        assert r["p"] == pytest.approx(min(1.0, min(pool_p(x[:d.looks[k]], pool, r["edit"], k) / d.weights[k]
+                                                     for k in looks)))
+    # The Monte Carlo p against scipy's (another implementation) for the last look of a damaging edit.
+    e = int(np.flatnonzero(a.rows["significant"])[0])
+    x = np.array([ret(e, j) for j in range(a.rows["episodes"][e])])
+    ref = sps.permutation_test((x, pool), lambda u, v: np.mean(u) - np.mean(v), permutation_type="independent",
+                               n_resamples=20_000, random_state=0).pvalue
+    mine = pool_p(x, pool, e, 99)
+    assert abs(mine - ref) <= 4 * math.sqrt(max(ref, 1e-3) / 4000) + 1e-3
+    # The two V vectors the balancer is wired through, and block 0 K #0, which lets the pole fall in 7 of 24
+    # episodes (a real effect: the paired design's 12 sign flips cannot resolve it, a pool that never falls can).
+    sig = {(r["block"], r["weight"], r["idx"]) for r in a.rows.rows() if r["significant"]}
+    assert sig == {(0, "V", 0), (0, "V", 1), (0, "K", 0)}
+    assert "judged against a pool of 40 unedited episodes" in a.text()
+    # A paired atlas's stored spec has no pool field: atlases run before pools existed keep their fingerprint.
+    assert "pool" not in json.loads((run[1] / "plan.json").read_text())["spec"]["settings"]
+    assert json.loads((tmp_path / "plan.json").read_text())["spec"]["settings"]["pool"] == 40
+
+
+def test_the_pooled_sequential_design_holds_its_level():
+    """Under the null with HalfCheetah-like returns (12% collapses), every edit against one shared pool of 200:
+    the family-wise error of the pooled p-values through the looks, p* and Holm stays at its level."""
+    from surgery.experiments.sequential import Design, Sequential
+
+    rng = np.random.default_rng(1)
+
+    def draw(n):
+        return np.where(rng.random(n) < 0.12, rng.normal(1000, 800, n), rng.normal(5800, 100, n))
+
+    design, alpha, reps = Design((6, 15, 30), 8, 0.2, 0.1, "holm", 2.0), 0.2, 150
+    errors = broken = 0
+    for rep in range(reps):
+        pool, edited = draw(200), {e: draw(30) for e in range(8)}
+        seq, seen = Sequential(design), {e: [] for e in edited}
+        for k, n in enumerate(design.looks):
+            if not seq.open():
+                break
+            p = {e: stats.two_sample_p(edited[e][:n], pool, resamples=300, refine=3000, seed=rep * 100 + k * 10 + e)
+                 for e in seq.open()}
+            for e, v in p.items():
+                seen[e].append(v)
+            seq.look(k, {e: edited[e][:n] - pool.mean() for e in seq.open()}, p_values=p)
+        errors += bool(np.any(seq.p_adjusted() <= alpha))
+        # The same looks without each look's share w_k: the bound below must be able to catch that.
+        broken += bool(np.any(stats.adjust_pvalues(np.array([min(v) for v in seen.values()]), "holm") <= alpha))
+    bound = alpha + 3 * math.sqrt(alpha * (1 - alpha) / reps)
+    assert errors / reps <= bound < broken / reps  # measured: 0.13 <= 0.30 < 0.32
 
 
 def test_futility_changes_no_decision_on_the_balancer(balancer, run):
@@ -216,6 +284,8 @@ def test_an_atlas_too_small_to_decide_says_so(balancer):
     (dict(lanes=np.int64(0)), r"lanes=0 is out of range"),
     (dict(vectors=2.5), "vectors must be an integer"),
     (dict(typo=1), "unknown atlas setting"),
+    (dict(pool=-3), r"pool=-3 is out of range \(valid: 0 or more\)"),
+    (dict(pool=1), "at least 2 unedited episodes"),
 ])
 def test_bad_settings_are_refused_before_anything_is_written(balancer, tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -243,3 +243,18 @@ def test_two_sample_p_holds_its_level_under_the_null():
 
     ps = np.array([stats.two_sample_p(draw(30), draw(200), resamples=400, seed=i) for i in range(300)])
     assert np.mean(ps <= 0.05) <= 0.05 + 3 * np.sqrt(0.05 * 0.95 / 300)
+
+
+def test_welch_interval_and_unpaired_failures_against_scipy():
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(5400, 900, 200), rng.normal(5000, 300, 12)
+    ci = sps.ttest_ind(a, b, equal_var=False).confidence_interval(0.99)
+    mine = stats.welch_ci(a, b, confidence=0.99)
+    assert (mine.value, mine.low, mine.high) == pytest.approx((a.mean() - b.mean(), ci.low, ci.high))
+    # A constant pool (CartPole: every episode lasts the limit): the interval is the other sample's t interval.
+    one = stats.welch_ci(np.full(40, 60.0), np.array([60.0, 9.0, 60.0, 8.0, 60.0, 10.0]), confidence=0.95)
+    other = stats.mean_ci_t(60.0 - np.array([60.0, 9.0, 60.0, 8.0, 60.0, 10.0]), confidence=0.95)
+    assert (one.low, one.high) == pytest.approx((other.low, other.high))
+    assert stats.welch_ci(np.full(5, 3.0), np.full(4, 1.0)).low == 2.0
+    assert stats.unpaired_failures_p([1, 0, 0, 0, 0, 0], [1, 1, 1, 1, 0, 1]) == pytest.approx(
+        sps.fisher_exact([[1, 5], [5, 1]]).pvalue)

@@ -36,6 +36,9 @@ RESULTS_FILE = "episodes.sqlite"
 PLAN_FILE = "plan.json"
 MODEL_DIR = "model"
 ATLAS_VERSION = 2  # bump when a change alters which jobs run or how tasks are cut (2: typical_pairs)
+POOL_RESAMPLES, POOL_REFINE = 4000, 200_000
+"""The pooled test's Monte Carlo resamples, and where a p is below 0.01 (stats.two_sample_p): its smallest p is
+1 / (1 + POOL_REFINE) = 5e-6, what an efficacy stop at the first look of a few hundred edits needs."""
 
 
 @dataclass
@@ -137,10 +140,12 @@ def _resolve(settings: AtlasSettings | None, overrides: dict) -> AtlasSettings:
         raise SurgeryError("op='scale' needs value=<factor for the singular value> (1.0 edits nothing)")
     one_of(s.dtype, "dtype", ATLAS_DTYPES)
     one_of(s.correction, "correction", CORRECTIONS)
-    for name, low in (("episodes", 1), ("lanes", 1), ("max_steps", 1), ("vectors", 1), ("seed", 0)):
+    for name, low in (("episodes", 1), ("lanes", 1), ("max_steps", 1), ("vectors", 1), ("seed", 0), ("pool", 0)):
         value = getattr(s, name)
         if value is not None or name not in ("max_steps", "vectors"):  # those two: None means the default
             s = replace(s, **{name: integer(value, name, low=low)})  # a numpy integer becomes an int
+    if s.pool == 1:
+        raise SurgeryError("pool=1: a pool needs at least 2 unedited episodes (0: paired; about 200 pin its mean)")
     one_of(s.embedding, "embedding", DT_EMBEDDINGS)
     # The design's own checks (looks, alpha, futility, spend, correction), before any model or cluster is touched.
     Design(schedule(s.episodes, s.looks), 1, s.alpha, s.futility, s.correction, s.spend)
@@ -249,14 +254,18 @@ class _Sweep:
         self.source, self.metadata_file = source, metadata_file
         self.base_patch = base_patch
         """The saved patch applied to the model for this run (None: the model as loaded)."""
-        check_memory(s.episodes * (len(edits) + 1), f"this atlas ({len(edits)} edits and a baseline)")
+        check_memory(s.episodes * (len(edits) + 1) + s.pool, f"this atlas ({len(edits)} edits and a baseline)")
         setting = prepare(adapter, target_return=s.target_return, max_steps=s.max_steps)
         self.env_id, self.env_identity, self.time_limit = setting.env_id, setting.env_identity, setting.time_limit
         self.s = s = replace(s, target_return=setting.target_return, value=edits[0].value)
         self.design = Design(schedule(s.episodes, s.looks), len(edits), s.alpha, s.futility, s.correction, s.spend)
         self.sha = weights_sha256(adapter.model)
         self.warnings = []
-        if not self.design.reachable():
+        if s.pool and 1 / (1 + POOL_REFINE) > self.design.efficacy_p(self.design.K - 1):
+            self.warnings.append(
+                f"no edit can be significant: the pooled test's smallest p, {1 / (1 + POOL_REFINE):.1g}, is above the "
+                f"last look's bound {self.design.efficacy_p(self.design.K - 1):.2g}; use fewer edits")
+        elif not s.pool and not self.design.reachable():
             self.warnings.append(
                 f"no edit can be significant: with {s.episodes} pairs the smallest p is 2^{1 - s.episodes}, above "
                 f"the last look's bound {self.design.efficacy_p(self.design.K - 1):.2g} (its share "
@@ -268,7 +277,9 @@ class _Sweep:
         from surgery.behaviour.evaluation import EDIT_ENGINE, ENGINE_VERSION, SEED_SCHEME
 
         md, config = self.adapter.metadata, self.adapter.model.config
-        settings = {k: v for k, v in dataclasses.asdict(self.s).items() if k != "embedding"}
+        # pool 0 (paired) is left out: a paired atlas keeps the fingerprint it had before pools existed
+        settings = {k: v for k, v in dataclasses.asdict(self.s).items()
+                    if k != "embedding" and not (k == "pool" and v == 0)}
         return {
             "experiment": "atlas", "atlas_version": ATLAS_VERSION, "engine_version": ENGINE_VERSION,
             "edit_engine": EDIT_ENGINE, "weights_sha256": self.sha,
@@ -357,7 +368,7 @@ class _Sweep:
         steps: dict[int, int] = {}
         live: dict[str, int] = {}
         stored = [len(done)]  # a resumed run's stored episodes: done, but not at this run's rate
-        with progress_bar.progress(total=(m + 1) * N, desc=f"atlas {self.env_id}", unit="ep",
+        with progress_bar.progress(total=(m + 1) * N + s.pool, desc=f"atlas {self.env_id}", unit="ep",
                                    enabled=self.progress, initial=stored[0]) as bar:
             if self.progress:
                 bar.set_postfix_str(f"{m} edits, {self.runner.describe()}")
@@ -376,20 +387,29 @@ class _Sweep:
                 stored[0] += len(new)
                 show(live)
 
+            def play(tasks) -> None:
+                tasks = [t for t in tasks if not all(job in done for job in t.jobs())]
+                if self.runner.serial:
+                    self._run_serial(tasks, on_result, live, show)
+                else:
+                    self.runner.run(tasks, on_result, on_progress=show if self.progress else None)
+
+            if s.pool:  # before any look: every decision is against the whole pool
+                play(self._pool_tasks(rollout, ref))
+                pool = np.array([done[(-1, j)].episode_return for j in range(N, N + s.pool)])
             for k, n in enumerate(d.looks):
                 members = [-1] + seq.open()
                 if len(members) == 1:
                     break
                 lo = d.looks[k - 1] if k else 0
-                tasks = [t for t in self._tasks(k, members, lo, n, rollout, ref)
-                         if not all(job in done for job in t.jobs())]
-                if self.runner.serial:
-                    self._run_serial(tasks, on_result, live, show)
-                else:
-                    self.runner.run(tasks, on_result, on_progress=show if self.progress else None)
+                play(self._tasks(k, members, lo, n, rollout, ref))
                 base = np.array([done[(-1, j)].episode_return for j in range(n)])
-                diffs = {e: np.array([done[(e, j)].episode_return for j in range(n)]) - base for e in seq.open()}
-                decisions = seq.look(k, diffs, baseline=base)
+                edited = {e: np.array([done[(e, j)].episode_return for j in range(n)]) for e in seq.open()}
+                if s.pool:  # unpaired: futility reads edited - the pool's mean; p from the two-sample test
+                    decisions = seq.look(k, {e: x - pool.mean() for e, x in edited.items()},
+                                         p_values={e: pool_p(x, pool, e, k) for e, x in edited.items()})
+                else:
+                    decisions = seq.look(k, {e: x - base for e, x in edited.items()}, baseline=base)
                 stopped = sum(v != "continue" for v in decisions.values())
                 left = len(seq.open())
                 if bar.total is not None:  # the plan shrinks: stopped edits (and a baseline nobody needs) end here
@@ -409,6 +429,15 @@ class _Sweep:
 
             on_result(t, run_task(t, self.adapter, on_episode=tick if self.progress else None))
 
+    def _pool_tasks(self, rollout, ref) -> list:
+        """The pool: the baseline's episodes [N, N + pool), on seeds no edit plays, in tasks of `lanes` episodes."""
+        from surgery.experiments.distribute import Task
+
+        N, step = self.design.looks[-1], self.s.lanes
+        return [Task(f"atlas-{self.fingerprint[:12]}-pool-{c}", ref, ((-1, ()),),
+                     (lo, min(lo + step, N + self.s.pool)), rollout)
+                for c, lo in enumerate(range(N, N + self.s.pool, step))]
+
     def _tasks(self, k: int, members: list[int], lo: int, hi: int, rollout, ref) -> list:
         """Cut stage k's jobs into tasks of about `lanes` jobs: chunks of edits, each over episodes [lo, hi)."""
         from surgery.experiments.distribute import Task
@@ -419,6 +448,14 @@ class _Sweep:
             chunk = tuple((e, () if e < 0 else (self.edits[e],)) for e in members[i:i + per])
             tasks.append(Task(f"atlas-{self.fingerprint[:12]}-look{k}-{c}", ref, chunk, (lo, hi), rollout))
         return tasks
+
+
+def pool_p(x, pool, edit: int, look: int) -> float:
+    """An edit's p at a look against the pool: the unpaired permutation test, seeded by (edit, look) so that a
+    rerun, or a report rebuilt from the store, gets the same p."""
+    from surgery import stats
+
+    return stats.two_sample_p(x, pool, POOL_RESAMPLES, POOL_REFINE, seed=1_000_003 * look + edit)
 
 
 class _MemoryStore:

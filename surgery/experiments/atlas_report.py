@@ -23,7 +23,10 @@ HOW_TO_READ = (
     "level), each p_k an exact paired "
     "permutation (sign-flip) p; p_adj corrects it across all edits. An edit stops early for efficacy when its "
     "damage is established (p_k / w_k <= alpha/m) and for futility when its conditional power to get there falls "
-    "below the futility setting: neither can add a false rejection (docs/atlas.md). |cos| is the triple's best "
+    "below the futility setting: neither can add a false rejection (docs/atlas.md). With a pool (--pool N) each "
+    "edit is compared instead with N unedited episodes on seeds no edit plays: damage = pool mean - edited mean "
+    "with Welch's interval, p_k the two-sample permutation p, failures by Fisher's exact test. |cos| is the "
+    "triple's best "
     "cosine with the embedding set (both residual-facing sides for OV and QK: the side with the smaller p_adj), "
     "'aligned' means beyond chance after the alignment's own correction, as in `surgery analyze`."
 )
@@ -56,11 +59,14 @@ def _lines_head(a) -> list[str]:
     return [
         f"{m['model']} ({m['env_id']}, weights {m['weights_sha256'][:12]}): {len(a.rows)} edits of {vectors} of "
         f"{', '.join(s.weights)} in {blocks}, op {s.op}{value}",
-        f"up to {s.episodes} paired episodes per edit, seed {s.seed}, target return {s.target_return:g}, {s.dtype}"
+        (f"up to {s.episodes} episodes per edit, judged against a pool of {s.pool} unedited episodes on seeds no "
+         "edit plays (unpaired: two-sample permutation test of the mean)" if s.pool else
+         f"up to {s.episodes} paired episodes per edit")
+        + f", seed {s.seed}, target return {s.target_return:g}, {s.dtype}"
         + (f", max {s.max_steps} steps" if s.max_steps else ""),
         f"design: {d.describe()}",
-        f"baseline: return {ret.value:.1f} [{ret.low:.1f}, {ret.high:.1f}] over {len(a.baseline.records)} episodes, "
-        f"failed {fail.failures}/{fail.episodes}",
+        f"{'pool' if s.pool else 'baseline'}: return {ret.value:.1f} [{ret.low:.1f}, {ret.high:.1f}] over "
+        f"{len(a.baseline.records)} episodes, failed {fail.failures}/{fail.episodes}",
         f"cost: {c['episodes']} episodes of the {c['episodes_fixed_design']} a fixed design plays "
         f"({100 * share:.0f}%), "
         f"{c['env_steps']:,} environment steps"
@@ -73,9 +79,12 @@ def _placebo_line(a) -> list[str]:
     p = a.placebo
     if p is None:
         return []
+    against = "against the pool " if a.settings.pool else ""
     return [f"placebo: the {p['edits']} edits that change the weights least (energy share <= {p['energy_max']:.2g}) "
-            f"move the return by {p['damage']:+.1f} [{p['low']:+.1f}, {p['high']:+.1f}] over the first look's "
-            f"{p['pairs']} pairs (near 0 where a paired episode repeats under a tiny change)"]
+            f"move the return by {p['damage']:+.1f} [{p['low']:+.1f}, {p['high']:+.1f}] {against}over the first "
+            f"look's {p['pairs']} " + ("episodes (near 0 where the pool is typical and tiny edits do nothing)"
+                                       if a.settings.pool else "pairs (near 0 where a paired episode repeats under a "
+                                                               "tiny change)")]
 
 
 def _findings(a) -> list[str]:

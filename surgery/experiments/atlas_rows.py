@@ -92,9 +92,14 @@ def placebo(b_ret: np.ndarray, edited: np.ndarray, energy: np.ndarray) -> dict |
             "damage": drop.value, "low": drop.low, "high": drop.high}
 
 
-def placebo_warning(p: dict | None) -> list[str]:
+def placebo_warning(p: dict | None, pooled: bool = False) -> list[str]:
     if p is None or p["low"] <= 0 <= p["high"]:
         return []
+    if pooled:
+        return [f"the {p['edits']} edits that change the weights least (energy share <= {p['energy_max']:.2g}) move "
+                f"the return by {p['damage']:+.0f} [{p['low']:+.0f}, {p['high']:+.0f}] against the pool over the "
+                f"first look's {p['pairs']} episodes: even the smallest edits change behaviour, or the pool is not "
+                "typical of the model's episodes (docs/atlas.md#placebo)"]
     return [f"the {p['edits']} edits that change the weights least (energy share <= {p['energy_max']:.2g}) move the "
             f"return by {p['damage']:+.0f} [{p['low']:+.0f}, {p['high']:+.0f}] over the first look's {p['pairs']} "
             "pairs: a paired episode does not repeat under a change this small, so the shared baseline's own draw "
@@ -107,9 +112,13 @@ def build(sweep, seq, done: dict, align, steps: dict) -> dict:
     from surgery.experiments.output import model_identity
 
     d, s, edits = sweep.design, sweep.s, sweep.edits
-    baseline = [done[(-1, j)] for j in range(d.looks[-1]) if (-1, j) in done]
+    N = d.looks[-1]
+    baseline = [done[(-1, j)] for j in range(N) if (-1, j) in done]
     b_ret = np.array([r.episode_return for r in baseline])
     b_fail = np.array([r.failed for r in baseline])
+    # Pooled (s.pool > 0): every edit against the unedited episodes [N, N + pool), unpaired.
+    pool = [done[(-1, j)] for j in range(N, N + s.pool)]
+    r_ret, r_fail = np.array([r.episode_return for r in pool]), np.array([r.failed for r in pool])
     p_star = seq.p_final()
     # Every edit played the first look's pairs, before any stopping chose among them: damage measured there is
     # comparable across edits (a baseline catastrophe shifts all alike), unlike `damage` at the stopping look.
@@ -125,20 +134,28 @@ def build(sweep, seq, done: dict, align, steps: dict) -> dict:
         # Confidence 1 - alpha w_k at look k: over all looks together 1 - alpha (weighted Bonferroni), so the
         # interval holds at whichever look the edit stopped. Student's t, not the bootstrap: at 6 pairs and
         # 99.8% the bootstrap's interval cannot reach its level (stats.mean_ci_t).
-        drop = stats.mean_ci_t(b_ret[:n] - x, confidence=1 - d.alpha * d.weights[track.looks - 1])
-        p_fail = d.p_final([stats.paired_failures(b_fail[:m], f[:m]).p_mcnemar for m in d.looks[:track.looks]])
+        level = 1 - d.alpha * d.weights[track.looks - 1]
+        if pool:
+            drop = stats.welch_ci(r_ret, x, confidence=level)
+            p_fail = d.p_final([stats.unpaired_failures_p(r_fail, f[:m]) for m in d.looks[:track.looks]])
+            ref_ret, ref_first, ref_fail = float(r_ret.mean()), float(r_ret.mean()), float(r_fail.mean())
+        else:
+            drop = stats.mean_ci_t(b_ret[:n] - x, confidence=level)
+            p_fail = d.p_final([stats.paired_failures(b_fail[:m], f[:m]).p_mcnemar for m in d.looks[:track.looks]])
+            ref_ret, ref_first = float(b_ret[:n].mean()), float(b_ret[:n_first].mean())
+            ref_fail = float(b_fail[:n].mean())
         for name, value in (("episodes", n), ("looks", track.looks), ("stopped", track.stopped),
-                            ("baseline_return", float(b_ret[:n].mean())), ("edited_return", float(x.mean())),
+                            ("baseline_return", ref_ret), ("edited_return", float(x.mean())),
                             ("damage", drop.value), ("damage_low", drop.low), ("damage_high", drop.high),
-                            ("damage_first_look", float(np.mean(b_ret[:n_first] - x[:n_first]))),
-                            ("failures_baseline", float(b_fail[:n].mean())), ("failures_edited", float(f.mean())),
+                            ("damage_first_look", ref_first - float(np.mean(x[:n_first]))),
+                            ("failures_baseline", ref_fail), ("failures_edited", float(f.mean())),
                             ("p_failures", p_fail), ("env_steps", int(sum(r.length for r in mine)))):
             cols[name].append(value)
     p_adj = stats.adjust_pvalues(p_star, s.correction)
     p_adj_fail = stats.adjust_pvalues(np.array(cols["p_failures"]), s.correction)
     sv, energy = sizes(sweep.adapter, edits)
     edited_first = np.array([[done[(e, j)].episode_return for j in range(n_first)] for e in range(len(edits))])
-    control = placebo(b_ret[:n_first], edited_first, energy)
+    control = placebo(np.full(n_first, r_ret.mean()) if pool else b_ret[:n_first], edited_first, energy)
     align_cols, sets = alignment_columns(align, edits, s.op)
     rows = Table({
         "edit": np.arange(len(edits)),
@@ -162,14 +179,15 @@ def build(sweep, seq, done: dict, align, steps: dict) -> dict:
         "env_steps": np.array(cols["env_steps"]),
     }, nullable=("head",))
     fields = [f.name for f in dataclasses.fields(EpisodeRecord)]
-    base = EvalResult(records=[EpisodeRecord(**{k: getattr(r, k) for k in fields}) for r in baseline],
+    base = EvalResult(records=[EpisodeRecord(**{k: getattr(r, k) for k in fields}) for r in (pool or baseline)],
                       env_id=sweep.env_id, target_return=s.target_return, seed=s.seed, dtype=s.dtype,
                       time_limit=sweep.time_limit)
-    used = int(rows["episodes"].sum()) + len(baseline)
-    planned = (len(edits) + 1) * d.looks[-1]
+    unedited = baseline + pool
+    used = int(rows["episodes"].sum()) + len(unedited)
+    planned = (len(edits) + 1) * N + s.pool
     cost = {
         "episodes": used, "episodes_fixed_design": planned,
-        "env_steps": int(rows["env_steps"].sum()) + int(sum(r.length for r in baseline)),
+        "env_steps": int(rows["env_steps"].sum()) + int(sum(r.length for r in unedited)),
         "env_steps_this_run": int(sum(steps.values())),
         "stopped": {why: int(np.sum(rows["stopped"] == why)) for why in ("efficacy", "futility", "complete")},
         "where": sweep.runner.describe(),
@@ -177,4 +195,4 @@ def build(sweep, seq, done: dict, align, steps: dict) -> dict:
     return dict(model=model_identity(sweep.adapter, sweep.source, sweep.base_patch), settings=s,
                 alignment_settings=align.settings, rows=rows, baseline=base, design=d, cost=cost, embeddings=sets,
                 alignment_alpha=align.settings.alpha, thresholds={e: float(align.threshold(e)) for e in sets},
-                warnings=list(sweep.warnings) + placebo_warning(control), placebo=control)
+                warnings=list(sweep.warnings) + placebo_warning(control, bool(pool)), placebo=control)

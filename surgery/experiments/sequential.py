@@ -225,13 +225,14 @@ class Sequential:
         """Edits still running."""
         return [e for e, t in enumerate(self.tracks) if t.stopped is None]
 
-    def look(self, k: int, differences, baseline=None) -> dict[int, str]:
+    def look(self, k: int, differences, baseline=None, p_values: dict | None = None) -> dict[int, str]:
         """Look k (0-based): `differences[e]` holds edit e's first n_k paired differences (edited - baseline).
 
         Every open edit must be given; returns {edit: "continue" or why it stopped}.
         baseline: the baseline's first n_k returns, when known: futility is then judged without the pairs
         whose baseline episode is a catastrophe (`typical_pairs`). Only the stopping changes; p-values use
-        every pair.
+        every pair. p_values: each open edit's p_k from another valid test (an unpaired one against a pool:
+        `differences` are then edited - the pool's mean, used for futility only); default the sign-flip p.
         """
         d, n = self.design, self.design.looks[k]
         keep = np.ones(n, dtype=bool) if baseline is None else typical_pairs(baseline)
@@ -245,7 +246,7 @@ class Sequential:
             track = self.tracks[e]
             if track.looks != k:
                 raise SurgeryError(f"edit {e} has had {track.looks} looks; look {k} is out of order")
-            p = sign_flip_p(x)
+            p = sign_flip_p(x) if p_values is None else float(p_values[e])
             z, z_rank = _z(x), _z_rank(x)
             track.p.append(p), track.z.append(z), track.z_rank.append(z_rank)
             if not keep.all():  # what futility sees: the pairs with a typical baseline episode

@@ -68,6 +68,10 @@ class AtlasSettings:
     """Precision of the forward (bfloat16: faster, actions differ slightly)."""
     lanes: int = field(default=64, metadata={"metavar": "N", "positive": True})
     """Episodes played together in one batched forward; also the size of one task (edits x episodes)."""
+    pool: int = field(default=0, metadata={"metavar": "N", "nonnegative": True})
+    """Judge every edit against N unedited episodes on seeds no edit plays, unpaired, instead of pairing it with
+    the baseline's episode on its own seed: for environments whose episodes do not repeat under a small change
+    (a paired atlas's placebo says; docs/atlas.md#placebo). 0: paired."""
     embedding: str = "action_out"
     """Embedding set of the claim in the report's headline (Atlas.claim takes any)."""
 
