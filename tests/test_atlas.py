@@ -112,6 +112,7 @@ def test_a_pooled_atlas_judges_every_edit_against_fresh_unedited_episodes(balanc
     ret = lambda e, j: stored[(e, j)][field["episode_return"]]  # noqa: E731
     pool = np.array([ret(-1, j) for j in range(N, N + 40)])
     assert len(a.baseline.records) == 40 and not any((e, j) in stored for e in range(len(a.rows)) for j in range(N, 52))
+    assert not any((-1, j) in stored for j in range(N))  # no paired baseline: nothing would use it
     for r in a.rows.rows():
         x = np.array([ret(r["edit"], j) for j in range(r["episodes"])])
         assert r["damage"] == pytest.approx(pool.mean() - x.mean())
@@ -131,6 +132,10 @@ def test_a_pooled_atlas_judges_every_edit_against_fresh_unedited_episodes(balanc
     sig = {(r["block"], r["weight"], r["idx"]) for r in a.rows.rows() if r["significant"]}
     assert sig == {(0, "V", 0), (0, "V", 1), (0, "K", 0)}
     assert "judged against a pool of 40 unedited episodes" in a.text()
+    # Rerun on the same folder: nothing is played again, and every p (Monte Carlo, seeded by edit and look) is
+    # the same, so are the decisions.
+    again = atlas(balancer, out=tmp_path, workers=0, progress=False, pool=40, **SMALL)
+    assert len(_stored(tmp_path)) == len(stored) and np.array_equal(again.rows["p"], a.rows["p"])
     # A paired atlas's stored spec has no pool field: atlases run before pools existed keep their fingerprint.
     assert "pool" not in json.loads((run[1] / "plan.json").read_text())["spec"]["settings"]
     assert json.loads((tmp_path / "plan.json").read_text())["spec"]["settings"]["pool"] == 40

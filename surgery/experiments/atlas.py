@@ -368,7 +368,8 @@ class _Sweep:
         steps: dict[int, int] = {}
         live: dict[str, int] = {}
         stored = [len(done)]  # a resumed run's stored episodes: done, but not at this run's rate
-        with progress_bar.progress(total=(m + 1) * N + s.pool, desc=f"atlas {self.env_id}", unit="ep",
+        planned = (m + (0 if s.pool else 1)) * N + s.pool  # pooled: the pool instead of a paired baseline
+        with progress_bar.progress(total=planned, desc=f"atlas {self.env_id}", unit="ep",
                                    enabled=self.progress, initial=stored[0]) as bar:
             if self.progress:
                 bar.set_postfix_str(f"{m} edits, {self.runner.describe()}")
@@ -398,22 +399,22 @@ class _Sweep:
                 play(self._pool_tasks(rollout, ref))
                 pool = np.array([done[(-1, j)].episode_return for j in range(N, N + s.pool)])
             for k, n in enumerate(d.looks):
-                members = [-1] + seq.open()
-                if len(members) == 1:
+                if not seq.open():
                     break
                 lo = d.looks[k - 1] if k else 0
-                play(self._tasks(k, members, lo, n, rollout, ref))
-                base = np.array([done[(-1, j)].episode_return for j in range(n)])
+                # Paired: the baseline plays each look's episodes with the edits. Pooled: the pool is all it plays.
+                play(self._tasks(k, ([] if s.pool else [-1]) + seq.open(), lo, n, rollout, ref))
                 edited = {e: np.array([done[(e, j)].episode_return for j in range(n)]) for e in seq.open()}
                 if s.pool:  # unpaired: futility reads edited - the pool's mean; p from the two-sample test
                     decisions = seq.look(k, {e: x - pool.mean() for e, x in edited.items()},
                                          p_values={e: pool_p(x, pool, e, k) for e, x in edited.items()})
                 else:
+                    base = np.array([done[(-1, j)].episode_return for j in range(n)])
                     decisions = seq.look(k, {e: x - base for e, x in edited.items()}, baseline=base)
                 stopped = sum(v != "continue" for v in decisions.values())
                 left = len(seq.open())
                 if bar.total is not None:  # the plan shrinks: stopped edits (and a baseline nobody needs) end here
-                    bar.total -= stopped * (N - n) + (N - n if left == 0 else 0)
+                    bar.total -= stopped * (N - n) + (N - n if left == 0 and not s.pool else 0)
                 if self.progress:
                     bar.set_postfix_str(f"look {k + 1}/{d.K} at {n} pairs: {left} of {m} edits open")
         return steps

@@ -184,7 +184,7 @@ def build(sweep, seq, done: dict, align, steps: dict) -> dict:
                       time_limit=sweep.time_limit)
     unedited = baseline + pool
     used = int(rows["episodes"].sum()) + len(unedited)
-    planned = (len(edits) + 1) * N + s.pool
+    planned = (len(edits) + (0 if pool else 1)) * N + s.pool  # pooled: the pool instead of a paired baseline
     cost = {
         "episodes": used, "episodes_fixed_design": planned,
         "env_steps": int(rows["env_steps"].sum()) + int(sum(r.length for r in unedited)),
