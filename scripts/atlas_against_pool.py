@@ -85,6 +85,9 @@ def main() -> None:
     wide = ep.pivot(index="edit", columns="episode", values="episode_return")
     spec = spec_of(args.atlas / "episodes.sqlite")
     settings = spec["settings"] if isinstance(spec["settings"], dict) else json.loads(spec["settings"])
+    if settings.get("pool"):
+        raise SystemExit(f"{args.atlas}: this atlas was run with --pool {settings['pool']}: it is judged against a "
+                         "pool already")
     base = wide.loc[-1].to_numpy(float)
     pools = []
     for folder in args.pools:
