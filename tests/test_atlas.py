@@ -141,6 +141,23 @@ def test_a_pooled_atlas_judges_every_edit_against_fresh_unedited_episodes(balanc
     assert json.loads((tmp_path / "plan.json").read_text())["spec"]["settings"]["pool"] == 40
 
 
+def test_figures_and_text_say_what_damage_is_measured_from(balancer, run, tmp_path, monkeypatch):
+    """A pooled atlas's figures read damage from the pool's mean and its looks count episodes; a paired one's,
+    from the baseline, in pairs. The placebo's legend keeps a small value's digits (-0.4 is not '-0')."""
+    from surgery.analysis.report import figures
+    from surgery.experiments import atlas_figures, atlas_report
+
+    pooled = atlas(balancer, out=tmp_path, workers=0, progress=False, pool=40, **SMALL)
+    monkeypatch.setattr(figures, "png", lambda fig: fig)  # keep the Figure objects to read their labels
+    for a, reference, unit in ((pooled, "pool mean", "episodes"), (run[0], "baseline", "pairs")):
+        assert f"{SMALL['episodes']} {unit} with shares" in a.text()
+        made = {name: fig for name, (fig, _) in atlas_report._figures(a, a.claim()).items()}
+        assert made["damage_heatmap"].axes[-1].get_ylabel() == f"return drop ({reference} - edited)"
+        for name in ("damage_vs_alignment", "damage_vs_size"):
+            assert made[name].axes[0].get_ylabel() == f"mean return drop ({reference} - edited)"
+    assert [atlas_figures._signed(x) for x in (-0.4, 431.8, -27.1)] == ["-0.4", "+432", "-27"]
+
+
 def test_the_pooled_sequential_design_holds_its_level():
     """Under the null with HalfCheetah-like returns (12% collapses), every edit against one shared pool of 200:
     the family-wise error of the pooled p-values through the looks, p* and Holm stays at its level."""

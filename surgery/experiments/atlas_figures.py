@@ -20,10 +20,11 @@ def _limit(damage: np.ndarray) -> float:
     return float(max(np.percentile(d, 99), 1e-9)) if d.size else 1.0
 
 
-def damage_heatmap(rows) -> Figure:
+def damage_heatmap(rows, reference: str = "baseline") -> Figure:
     """Mean return drop of every edit: one panel per weight, blocks (x heads for OV, QK) down, triple index across.
 
-    Red lowers the return, blue raises it; a dot marks an edit significant after the correction.
+    Red lowers the return, blue raises it; a dot marks an edit significant after the correction. `reference`
+    names what damage is measured from ("baseline" paired, "pool mean" with a pool).
     """
     if not len(rows):
         raise SurgeryError("no rows to plot")
@@ -53,12 +54,12 @@ def damage_heatmap(rows) -> Figure:
         ax.set_yticks(range(len(labels)), labels, fontsize=7 if len(labels) > 12 else 8)
         ax.set_title(f"{w}: mean return drop per edited triple", fontsize=9, loc="left")
         ax.set_xlabel("singular triple index (0 = largest)", fontsize=8)
-    fig.colorbar(im, ax=list(axes), label="return drop (baseline - edited)", shrink=0.8)
+    fig.colorbar(im, ax=list(axes), label=f"return drop ({reference} - edited)", shrink=0.8)
     return fig
 
 
 def damage_vs_alignment(rows, embedding: str, threshold: float | None = None, correlation=None,
-                        placebo: float | None = None) -> Figure:
+                        placebo: float | None = None, reference: str = "baseline") -> Figure:
     """Each edit's damage (with its interval) against its best |cos| with `embedding`, coloured by weight type.
 
     Filled markers: significant after the correction. The dashed line: the |cos| that beats chance. The
@@ -70,33 +71,40 @@ def damage_vs_alignment(rows, embedding: str, threshold: float | None = None, co
     _points(ax, rows, col)
     if threshold is not None and np.isfinite(threshold):
         ax.axvline(threshold, color="#555", ls="--", lw=0.8, label="beyond chance")
-    _finish(ax, f"best |cos| with {embedding}", f"damage against alignment with {embedding}", correlation, placebo)
+    _finish(ax, f"best |cos| with {embedding}", f"damage against alignment with {embedding}", correlation, placebo,
+            reference)
     return fig
 
 
-def damage_vs_size(rows, correlation=None, placebo: float | None = None) -> Figure:
+def damage_vs_size(rows, correlation=None, placebo: float | None = None, reference: str = "baseline") -> Figure:
     """Each edit's damage against its singular value (log scale), coloured by weight type: the confound."""
     fig = Figure(figsize=(7.5, 4.8), layout="constrained")
     ax = fig.subplots()
     _points(ax, rows, "singular_value")
     if np.all(np.asarray(rows["singular_value"], float) > 0):
         ax.set_xscale("log")
-    _finish(ax, "singular value", "damage against size", correlation, placebo)
+    _finish(ax, "singular value", "damage against size", correlation, placebo, reference)
     return fig
 
 
-def _finish(ax, xlabel: str, title: str, correlation, placebo: float | None = None) -> None:
+def _finish(ax, xlabel: str, title: str, correlation, placebo: float | None = None,
+            reference: str = "baseline") -> None:
     """The zero line (and the placebo's), labels, the title with the correlation when there is one, grid, legend."""
     ax.axhline(0, color="black", lw=0.8)
     if placebo is not None and np.isfinite(placebo):
-        ax.axhline(placebo, color="#b30000", ls=":", lw=1.2, label=f"placebo {placebo:+.0f}")
+        ax.axhline(placebo, color="#b30000", ls=":", lw=1.2, label=f"placebo {_signed(placebo)}")
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("mean return drop (baseline - edited)")
+    ax.set_ylabel(f"mean return drop ({reference} - edited)")
     if correlation is not None and np.isfinite(correlation.rho):
         title += f": {correlation.describe()}"
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+
+
+def _signed(x: float) -> str:
+    """+432, -0.4: whole numbers where that keeps two significant digits (a -0.4 placebo is not '-0')."""
+    return f"{x:+.0f}" if abs(x) >= 10 else f"{x:+.2g}"
 
 
 def _points(ax, rows, x_col: str) -> None:

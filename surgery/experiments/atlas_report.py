@@ -32,6 +32,11 @@ HOW_TO_READ = (
 )
 
 
+def _unit(settings) -> str:
+    """What a look counts: pairs (edited, baseline) on the same seeds, or an edit's episodes against a pool."""
+    return "episodes" if settings.pool else "pairs"
+
+
 # ---- what goes in ---------------------------------------------------------------------------------
 def where(r: dict) -> str:
     """'b1 K #4'; a triple in a tied group is marked '~' (its own vector is rotation-unstable), a near-null one '°'."""
@@ -64,7 +69,7 @@ def _lines_head(a) -> list[str]:
          f"up to {s.episodes} paired episodes per edit")
         + f", seed {s.seed}, target return {s.target_return:g}, {s.dtype}"
         + (f", max {s.max_steps} steps" if s.max_steps else ""),
-        f"design: {d.describe()}",
+        f"design: {d.describe(_unit(s))}",
         f"{'pool' if s.pool else 'baseline'}: return {ret.value:.1f} [{ret.low:.1f}, {ret.high:.1f}] over "
         f"{len(a.baseline.records)} episodes, failed {fail.failures}/{fail.episodes}",
         f"cost: {c['episodes']} episodes of the {c['episodes_fixed_design']} a fixed design plays "
@@ -188,16 +193,17 @@ def _figures(a, claim) -> dict:
 
     e = a.settings.embedding
     level = None if a.placebo is None else a.placebo["damage"]
+    reference = "pool mean" if a.settings.pool else "baseline"
     dotted = "" if level is None else "; dotted: the placebo, what the edits that change the weights least do"
     return {
-        "damage_heatmap": (png(F.damage_heatmap(a.rows)),
+        "damage_heatmap": (png(F.damage_heatmap(a.rows, reference)),
                            "Mean return drop of every edited triple (red: lower return, blue: higher); one panel per "
                            "weight, blocks (and heads) down, triple index across (0 = largest singular value); dots: "
                            "significant after the correction across edits."),
-        "damage_vs_alignment": (png(F.damage_vs_alignment(a.rows, e, a.thresholds.get(e), claim.rho, level)),
+        "damage_vs_alignment": (png(F.damage_vs_alignment(a.rows, e, a.thresholds.get(e), claim.rho, level, reference)),
                                 f"Damage against the best |cos| with {e}, by weight type; filled: significant; "
                                 f"dashed: the |cos| that beats chance; bars: the damage interval{dotted}."),
-        "damage_vs_size": (png(F.damage_vs_size(a.rows, claim.size, level)),
+        "damage_vs_size": (png(F.damage_vs_size(a.rows, claim.size, level, reference)),
                            f"Damage against the singular value: size is the confound alignment has to beat{dotted}."),
     }
 
@@ -265,7 +271,8 @@ def html(a, claim=None, figures: dict | None = None) -> str:
 
 def to_dict(a, claim) -> dict:
     return {"experiment": "atlas", "model": a.model, "settings": a.settings,
-            "alignment_settings": a.alignment_settings, "design": a.design, "design_text": a.design.describe(),
+            "alignment_settings": a.alignment_settings, "design": a.design,
+            "design_text": a.design.describe(_unit(a.settings)),
             "baseline": a.baseline.summary(), "cost": a.cost, "claim": claim, "warnings": a.warnings,
             "thresholds": a.thresholds, "placebo": a.placebo}
 

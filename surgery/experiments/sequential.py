@@ -185,10 +185,11 @@ class Design:
             lo, hi = (mid, hi) if conditional_power(mid, t, self.z_target) < self.futility else (lo, mid)
         return float(2 * sps.norm.sf(hi))
 
-    def describe(self) -> str:
-        stops = ", ".join(f"{n} pairs: p > {self.futility_p(k):.2g}" for k, n in enumerate(self.looks[:-1]))
+    def describe(self, unit: str = "pairs") -> str:
+        """The design in one sentence; `unit` names what a look counts ("episodes" when judged against a pool)."""
+        stops = ", ".join(f"{n} {unit}: p > {self.futility_p(k):.2g}" for k, n in enumerate(self.looks[:-1]))
         w = ", ".join(f"{x:.2f}" for x in self.weights)
-        return (f"{self.K} looks at {', '.join(map(str, self.looks))} pairs with shares {w} of the level; an edit "
+        return (f"{self.K} looks at {', '.join(map(str, self.looks))} {unit} with shares {w} of the level; an edit "
                 f"stops for efficacy when p_k / w_k <= alpha/m = {self.alpha:g}/{self.edits}, for futility when its "
                 f"conditional power (mean and signed ranks) is below {self.futility:g}"
                 + (f" ({stops})" if stops else "") +
