@@ -151,6 +151,8 @@ def test_figures_and_text_say_what_damage_is_measured_from(balancer, run, tmp_pa
     monkeypatch.setattr(figures, "png", lambda fig: fig)  # keep the Figure objects to read their labels
     for a, reference, unit in ((pooled, "pool mean", "episodes"), (run[0], "baseline", "pairs")):
         assert f"{SMALL['episodes']} {unit} with shares" in a.text()
+        heads = [line.split() for line in a.text().splitlines() if line.startswith("  edit ")]
+        assert heads and all(h[5] == unit for h in heads)  # the tables' column of episodes played per edit
         made = {name: fig for name, (fig, _) in atlas_report._figures(a, a.claim()).items()}
         assert made["damage_heatmap"].axes[-1].get_ylabel() == f"return drop ({reference} - edited)"
         for name in ("damage_vs_alignment", "damage_vs_size"):

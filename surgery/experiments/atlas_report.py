@@ -134,7 +134,10 @@ def aligned_harmless(a, n: int = 5):
     return r.take(mask).sort(f"{e}_abs_cos", descending=True).head(n)
 
 
-TABLE_HEAD = ["edit", "σ", "energy", "|cos|", "label", "pairs", "stop", "damage [CI]", "p_adj", "failed b → e"]
+def table_head(a) -> list[str]:
+    """The edit tables' columns; 'b' in 'failed b → e' is the baseline (paired) or the pool."""
+    return ["edit", "σ", "energy", "|cos|", "label", _unit(a.settings), "stop", "damage [CI]", "p_adj",
+            "failed b → e"]
 
 
 def table_rows(a, t) -> list[list[str]]:
@@ -177,8 +180,8 @@ def text(a, claim=None) -> str:
             continue
         lines.append(f"{title.lower()}:")
         rows = table_rows(a, t)
-        widths = [max(len(x) for x in col) for col in zip(TABLE_HEAD, *rows)]
-        lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in [TABLE_HEAD, *rows]]
+        widths = [max(len(x) for x in col) for col in zip(table_head(a), *rows)]
+        lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in [table_head(a), *rows]]
     if any(len(t) for _, _, t in _sections(a)):
         lines.append(f"marks: {MARKS}")
     if a.files:
@@ -222,7 +225,7 @@ def markdown(a, claim=None, figures: dict | None = None) -> str:
             parts.append(f"![{name}](figures/{name}.png)\n\n_{figures[name][1]}_")
     for title, note, t in _sections(a):
         parts += [f"## {title}", note + (f" Marks: {MARKS}." if len(t) else ""),
-                  markdown_table(TABLE_HEAD, table_rows(a, t)) if len(t) else "_none_"]
+                  markdown_table(table_head(a), table_rows(a, t)) if len(t) else "_none_"]
     parts += ["## How to read it", HOW_TO_READ, "Files: atlas.csv (every row), atlas.json, atlas.html, plan.json, "
               "episodes.sqlite (every episode)."]
     return "\n\n".join(p for p in parts if p) + "\n"
@@ -245,7 +248,7 @@ def html(a, claim=None, figures: dict | None = None) -> str:
     def table(t):
         if not len(t):
             return "<p class='muted'>none</p>"
-        out = ["<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in TABLE_HEAD) + "</tr>"]
+        out = ["<table><tr>" + "".join(f"<th>{esc(h)}</th>" for h in table_head(a)) + "</tr>"]
         for row in table_rows(a, t):
             out.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>")
         return "\n".join(out) + f"</table><p class='muted'>{esc(MARKS)}</p>"

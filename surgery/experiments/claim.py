@@ -227,7 +227,7 @@ def _judge(embedding, weights, n, rho, size, partial_size, partial_energy, withi
     t = table
     criteria = {
         "damage rises with alignment": {"holds": c1, "detail": f"{rho.describe()} over {rho.n} edits" + (
-            "" if first_look is None else f"; on the first look's {design.looks[0]} pairs, which every edit played: "
+            "" if first_look is None else f"; on the first look's {design.looks[0]} episodes, which every edit played: "
             f"{first_look.describe()}")},
         "beyond size": {"holds": c2, "detail": f"within {len(strata)} bins of singular value: "
                         f"{within.describe('pooled rho')}; holding the singular value fixed: "
@@ -259,7 +259,7 @@ def _judge(embedding, weights, n, rho, size, partial_size, partial_energy, withi
     if outcome == "not testable":
         sentence += " (no edit lowers the return significantly: there is no damage to predict)"
     elif outcome == "too few episodes":
-        sentence += (f" (no edit could be significant: with {design.looks[-1]} pairs the smallest p is above "
-                     f"the last look's bound; at least {design.pairs_needed()} episodes are needed)")
+        sentence += (f" (no edit could be significant: with {design.looks[-1]} episodes per edit the smallest p is "
+                     f"above the last look's bound; at least {design.pairs_needed()} episodes are needed)")
     return Claim(embedding, tuple(weights), n, rho, size, partial_size, partial_energy, within, strata, table, outcome,
                  sentence, criteria, matched, first_look)
