@@ -163,31 +163,29 @@ def test_figures_and_text_say_what_damage_is_measured_from(balancer, run, tmp_pa
 def test_the_pooled_sequential_design_holds_its_level():
     """Under the null with HalfCheetah-like returns (12% collapses), every edit against one shared pool of 200:
     the family-wise error of the pooled p-values through the looks, p* and Holm stays at its level."""
-    from surgery.experiments.sequential import Design, Sequential
+    from surgery.experiments.sequential import Design, simulate
 
     rng = np.random.default_rng(1)
 
-    def draw(n):
-        return np.where(rng.random(n) < 0.12, rng.normal(1000, 800, n), rng.normal(5800, 100, n))
+    def draw(*shape):
+        return np.where(rng.random(shape) < 0.12, rng.normal(1000, 800, shape), rng.normal(5800, 100, shape))
 
-    design, alpha, reps = Design((6, 15, 30), 8, 0.2, 0.1, "holm", 2.0), 0.2, 150
+    design, alpha, reps = Design((6, 15, 30), 8, 0.2, 0.1, "holm", 2.0), 0.2, 400
     errors = broken = 0
     for rep in range(reps):
-        pool, edited = draw(200), {e: draw(30) for e in range(8)}
-        seq, seen = Sequential(design), {e: [] for e in edited}
-        for k, n in enumerate(design.looks):
-            if not seq.open():
-                break
-            p = {e: stats.two_sample_p(edited[e][:n], pool, resamples=300, refine=3000, seed=rep * 100 + k * 10 + e)
-                 for e in seq.open()}
-            for e, v in p.items():
-                seen[e].append(v)
-            seq.look(k, {e: edited[e][:n] - pool.mean() for e in seq.open()}, p_values=p)
-        errors += bool(np.any(seq.p_adjusted() <= alpha))
+        pool, edited, seen = draw(200), draw(8, 30), {e: [] for e in range(8)}
+
+        def p_value(e, k, n):
+            seen[e].append(stats.two_sample_p(edited[e, :n], pool, resamples=300, refine=3000,
+                                              seed=rep * 100 + k * 10 + e))
+            return seen[e][-1]
+
+        errors += bool(simulate(edited - pool.mean(), design, p_value=p_value).rejected.any())
         # The same looks without each look's share w_k: the bound below must be able to catch that.
         broken += bool(np.any(stats.adjust_pvalues(np.array([min(v) for v in seen.values()]), "holm") <= alpha))
     bound = alpha + 3 * math.sqrt(alpha * (1 - alpha) / reps)
-    assert errors / reps <= bound < broken / reps  # measured: 0.13 <= 0.30 < 0.32
+    # Measured: 0.095 <= 0.26 < 0.29; on other seeds (600 repetitions each) 0.11-0.16 and 0.32-0.38.
+    assert errors / reps <= bound < broken / reps
 
 
 def test_futility_changes_no_decision_on_the_balancer(balancer, run):

@@ -170,7 +170,8 @@ def plan_edits(model, settings: AtlasSettings, triples=None) -> list:
             try:
                 block, weight, idx, head = (*t, None) if len(t) == 3 else t
             except (TypeError, ValueError):
-                raise SurgeryError(f"a triple is (block, weight, idx) or (block, weight, idx, head), got {t!r}") from None
+                raise SurgeryError(f"a triple is (block, weight, idx) or (block, weight, idx, head), "
+                                   f"got {t!r}") from None
             edits.append(validate_edit(adapter, Edit(block, weight, idx, head, settings.op, settings.value)))
         if len({(e.block, e.weight, e.head, e.idx) for e in edits}) != len(edits):
             raise SurgeryError("a triple is listed more than once")

@@ -160,7 +160,8 @@ class Design:
         return float(sps.norm.isf(self.efficacy_p(self.K - 1) / 2))
 
     def reachable(self) -> bool:
-        """Whether any edit can be significant: the smallest p with N pairs, 2^(1-N), is within the last look's bound."""
+        """Whether any edit can be significant: the smallest p with N pairs, 2^(1-N), is within the last look's
+        bound."""
         return 2.0 ** (1 - self.looks[-1]) <= self.efficacy_p(self.K - 1)
 
     def pairs_needed(self) -> int:
@@ -328,11 +329,14 @@ class Simulation:
     """Why each edit stopped (STOPS)."""
 
 
-def simulate(differences, design: Design, baseline=None) -> Simulation:
+def simulate(differences, design: Design, baseline=None, p_value=None) -> Simulation:
     """Run the design on `differences` [m, N]: row e holds every paired difference edit e would give.
 
     The same `Sequential` the atlas uses, fed by slices: for tests of its error rates and power.
     baseline: the shared baseline's N returns, as the atlas passes them (futility without its catastrophes).
+    p_value: `p_value(e, k, n)`, edit e's p at look k from its first n episodes by another valid test, as
+    the atlas's pool gives (`differences` are then edited - the pool's mean: futility only); default the
+    sign-flip p of the differences.
     """
     D = np.asarray(differences, dtype=float)
     if D.ndim != 2 or D.shape != (design.edits, design.looks[-1]):
@@ -341,7 +345,8 @@ def simulate(differences, design: Design, baseline=None) -> Simulation:
     for k, n in enumerate(design.looks):
         if not seq.open():
             break
-        seq.look(k, {e: D[e, :n] for e in seq.open()}, None if baseline is None else np.asarray(baseline)[:n])
+        p = None if p_value is None else {e: p_value(e, k, n) for e in seq.open()}
+        seq.look(k, {e: D[e, :n] for e in seq.open()}, None if baseline is None else np.asarray(baseline)[:n], p)
     p_adj = seq.p_adjusted()
     used = np.array([design.looks[t.looks - 1] for t in seq.tracks])
     return Simulation(seq.p_final(), p_adj, p_adj <= design.alpha, used, np.array([t.stopped for t in seq.tracks]))
