@@ -16,6 +16,8 @@ compared with a large pool of unedited episodes by a two-sample permutation test
 valid whether or not episodes repeat. The sequential design's guarantee carries over: p* = min over the
 looks the edit reached of p_k / w_k (weighted Bonferroni, whichever look it stopped at), then the atlas's
 correction across edits. Futility stops were decided against the paired baseline; they only cost power.
+Pool folders must be `surgery evaluate` runs of the unedited model under the atlas's conditions (model,
+environment, episode length, target return, dtype, seeding), each seed once; anything else is refused.
 
 Prints the pool's return and failure rate beside the atlas's baseline, the placebo (the report's: the
 edits that change the weights least) against both, and which edits are significant each way.
@@ -48,8 +50,31 @@ def spec_of(store: Path) -> dict:
     return json.loads(spec.iloc[0])
 
 
-def pool_claim(out: pd.DataFrame, design, embedding: str = "action_out"):
-    """The claim (`surgery.experiments.claim`) with damage and significance judged against the pool."""
+# What makes two runs' episodes comparable: the same model, environment, episode length, seeding and engine.
+SAME = ("weights_sha256", "env_id", "env_kwargs", "metadata", "model", "seed_scheme", "time_limit", "engine_version")
+
+
+def check_pool(folder: Path, other: dict, spec: dict, settings: dict) -> None:
+    """Refuse a folder that is not unedited episodes of the atlas's model under the atlas's conditions: an atlas
+    (its store holds edited episodes), an edited evaluation, or another model, environment or episode length.
+    A key the folder's spec lacks is a mismatch, not a pass."""
+    if "experiment" in other or other.get("edits"):
+        raise SystemExit(f"{folder}: not a pool of unedited episodes (its store is "
+                         f"{other.get('experiment') or 'an edited evaluation'}); give folders of `surgery evaluate "
+                         "MODEL --out DIR` without --edits")
+    wanted = {**{k: spec.get(k) for k in SAME}, "target_return": settings["target_return"],
+              "dtype": settings["dtype"]}
+    for key, want in wanted.items():
+        have = other.get(key)
+        if key == "dtype" and have is not None:
+            have = str(have).removeprefix("torch.")
+        if have is None or have != want:
+            raise SystemExit(f"{folder}: {key} {have!r} is not the atlas's {want!r}: its episodes are not comparable")
+
+
+def pool_claim(out: pd.DataFrame, design, embedding: str = "action_out", first_look=None):
+    """The claim (`surgery.experiments.claim`) with damage and significance judged against the pool.
+    first_look: each edit's damage against the pool over the first look's episodes (which every edit played)."""
     from types import SimpleNamespace
 
     from surgery.analysis.tables import Table
@@ -57,7 +82,7 @@ def pool_claim(out: pd.DataFrame, design, embedding: str = "action_out"):
 
     cols = ["weight", f"{embedding}_abs_cos", f"{embedding}_p_adj", "singular_value", "energy"]
     table = Table({**{c: out[c].to_numpy() for c in cols}, "damage": out["damage_vs_pool"].to_numpy(float),
-                   "damage_first_look": out["damage_vs_pool"].to_numpy(float),
+                   "damage_first_look": (out["damage_vs_pool"] if first_look is None else first_look).to_numpy(float),
                    "significant": out["significant_pool"].to_numpy(bool)})
     atlas = SimpleNamespace(rows=table, embeddings=(embedding,), settings=SimpleNamespace(alpha=design.alpha),
                             alignment_alpha=0.05, design=design)  # the alignment's default level, as reported
@@ -74,7 +99,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from surgery import stats
-    from surgery.experiments.atlas_rows import PLACEBO_ENERGY, placebo
+    from surgery.experiments.atlas_rows import PLACEBO_CHANGE, change_factor, placebo
     from surgery.experiments.sequential import Design
 
     plan = json.loads((args.atlas / "plan.json").read_text())
@@ -89,13 +114,16 @@ def main() -> None:
         raise SystemExit(f"{args.atlas}: this atlas was run with --pool {settings['pool']}: it is judged against a "
                          "pool already")
     base = wide.loc[-1].to_numpy(float)
-    pools = []
+    pools, seen = [], {}
     for folder in args.pools:
         other = spec_of(folder / "episodes.sqlite")
-        for key, want in (("weights_sha256", spec["weights_sha256"]), ("env_id", spec["env_id"]),
-                          ("target_return", settings["target_return"]), ("dtype", settings["dtype"])):
-            if other.get(key) is not None and str(other[key]).removeprefix("torch.") != str(want):
-                raise SystemExit(f"{folder}: {key} {other.get(key)!r} is not the atlas's {want!r}")
+        check_pool(folder, other, spec, settings)
+        key = (folder.resolve(), other["seed"])
+        for was, (path, seed) in seen.items():
+            if path == key[0] or seed == key[1]:
+                raise SystemExit(f"{folder}: the same episodes as {was} (folder or seed {key[1]} given twice): a pool "
+                                 "must not hold an episode twice")
+        seen[folder] = key
         eps = read_episodes(folder / "episodes.sqlite", "SELECT episode, episode_return, failed FROM episodes")
         if other.get("seed") == settings["seed"]:
             # The atlas's own seeds: not independent of its episodes where episodes repeat, so no pool; but
@@ -120,15 +148,18 @@ def main() -> None:
     n_first = looks[0]
     first = wide.loc[rows["edit"].to_numpy(), list(range(n_first))].to_numpy(float)
     energy = rows["energy"].to_numpy(float)
-    paired = placebo(base[:n_first], first, energy)  # the atlas report's own placebo
-    if paired is None:
-        print(f"placebo: none (fewer than 4 edits with an energy share at most {PLACEBO_ENERGY:g})")
+    if settings["op"] == "constant":  # its change bound needs d_model, which the store does not keep
+        print("placebo: see the atlas report (op constant)")
     else:
-        small = np.argsort(energy, kind="stable")[: len(rows) // 4]
-        small = small[energy[small] <= PLACEBO_ENERGY]
-        print(f"placebo ({paired['edits']} edits, energy share <= {paired['energy_max']:.2g}, first {n_first} pairs): "
-              f"{paired['damage']:+.1f} [{paired['low']:+.1f}, {paired['high']:+.1f}] against the paired baseline, "
-              f"{pool.mean() - first[small].mean():+.1f} against the pool's mean")
+        factor = change_factor(settings["op"], settings.get("value"), d_model=1)
+        paired = placebo(base[:n_first], first, energy, factor)  # the atlas report's own placebo
+        pooled = placebo(pool, first, energy, factor, pooled=True)
+        if paired is None:
+            print(f"placebo: none (fewer than 4 edits that change their weight by at most {PLACEBO_CHANGE:.0%})")
+        else:
+            print(f"placebo ({paired['edits']} edits, energy share <= {paired['energy_max']:.2g}, first {n_first} "
+                  f"pairs): {paired['damage']:+.1f} [{paired['low']:+.1f}, {paired['high']:+.1f}] against the paired "
+                  f"baseline, {pooled['damage']:+.1f} [{pooled['low']:+.1f}, {pooled['high']:+.1f}] against the pool")
 
     p_star, damage = [], []
     for i, r in rows.iterrows():
@@ -147,7 +178,7 @@ def main() -> None:
     print(f"aligned with action_out beyond chance: {int(aligned.sum())}; of them significantly damaging against "
           f"the pool: {int((aligned & now & (out['damage_vs_pool'] > 0)).sum())}; unaligned: "
           f"{int((~aligned & now & (out['damage_vs_pool'] > 0)).sum())} of {int((~aligned).sum())}")
-    c = pool_claim(out, design)
+    c = pool_claim(out, design, first_look=pool.mean() - pd.Series(first.mean(axis=1), index=out.index))
     print(f"the claim against the pool: {c.outcome.upper()}; {c.rho.describe('rho')}, "
           f"{c.within.describe('within bins')}; aligned & damaging {c.table.aligned_damaging} of "
           f"{c.table.aligned_damaging + c.table.aligned_harmless}, unaligned & damaging {c.table.unaligned_damaging}; "

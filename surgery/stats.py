@@ -304,10 +304,14 @@ def two_sample_p(x, pool, resamples: int = 4000, refine: int = 200_000, near: fl
     centre = z.mean()
     observed = abs(a.mean() - centre) * (1 - 1e-12) - 1e-9  # a hair below: rounding never makes p too small
 
+    # Chunks of 20,000 resamples (the p of a given seed depends on the chunking), fewer where that would hold
+    # more than twice RESAMPLE_BUDGET numbers: a pool of thousands would otherwise take gigabytes per p.
+    rows = 20_000 if 20_000 * z.size <= 2 * RESAMPLE_BUDGET else _batch(z.size)
+
     def hits(n: int) -> int:
         found = done = 0
         while done < n:
-            k = min(20_000, n - done)
+            k = min(rows, n - done)
             pick = rng.random((k, z.size)).argpartition(a.size, axis=1)[:, : a.size]  # a uniform subset per row
             found += int(np.sum(np.abs(z[pick].mean(axis=1) - centre) >= observed))
             done += k

@@ -29,6 +29,19 @@ def test_atlas_writes_its_report_and_resumes(balancer_checkpoint, tmp_path, caps
     assert report["claim"]["table"]["aligned_damaging"] == 2
 
 
+def test_a_pooled_run_gets_its_own_default_folder(balancer_checkpoint, tmp_path, monkeypatch, capsys):
+    """A pooled atlas is another experiment than the paired one of the same weights: by default it goes to
+    another folder instead of being refused by the paired run's store."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["atlas", str(balancer_checkpoint), "--weights", "V", "--blocks", "0", "--vectors", "1", "--episodes", "4",
+            "--looks", "1", "--max-steps", "20", "--workers", "0", "--quiet"]
+    assert cli.main(argv) == 0 and cli.main(argv + ["--pool", "6"]) == 0
+    runs = tmp_path / "runs" / "atlas"
+    name = balancer_checkpoint.name
+    assert (runs / f"{name}-V-zero" / "atlas.json").is_file() and (runs / f"{name}-V-zero-pool6" / "atlas.json").is_file()
+    assert "judged against a pool of 6" in capsys.readouterr().out
+
+
 def test_an_unreachable_scheduler_is_one_line_exit_2_and_nothing_written(balancer_checkpoint, tmp_path):
     out = tmp_path / "atlas"
     start = time.monotonic()

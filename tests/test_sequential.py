@@ -8,6 +8,7 @@ import pytest
 from scipy import stats as sps
 
 from surgery import stats
+from surgery.errors import SurgeryError
 from surgery.experiments.sequential import Design, Sequential, conditional_power, schedule, simulate
 
 
@@ -207,3 +208,38 @@ def test_family_wise_error_holds_with_a_catastrophic_baseline():
         any_rejected += simulate(D, design, baseline=base).rejected.any()
     se = np.sqrt(alpha * (1 - alpha) / reps)
     assert any_rejected / reps <= alpha + 3 * se
+
+
+def test_two_sample_z_against_enumeration_and_scipy():
+    """The pooled futility statistics: the mean's z over the exact permutation sd (every subset enumerated),
+    the rank z equal to scipy's Mann-Whitney normal approximation (ties corrected), positive where x is higher."""
+    from surgery.experiments.sequential import two_sample_z
+
+    rng = np.random.default_rng(3)
+    x, pool = rng.normal(1.0, 1, 4), np.round(rng.normal(0, 1, 8), 1)  # rounding: ties in the ranks
+    both = np.concatenate([x, pool])
+    means = np.array([both[list(c)].mean() for c in itertools.combinations(range(both.size), x.size)])
+    z, z_rank = two_sample_z(x, pool)
+    assert z == pytest.approx((x.mean() - means.mean()) / means.std())
+    ref = sps.mannwhitneyu(x, pool, method="asymptotic", use_continuity=False)
+    assert abs(z_rank) == pytest.approx(sps.norm.isf(ref.pvalue / 2)) and z > 0 and z_rank > 0
+    assert two_sample_z(-x, pool)[0] < 0
+    assert two_sample_z(np.ones(3), np.ones(5)) == (0.0, 0.0)  # no spread: no evidence either way
+
+
+def test_pooled_futility_reads_the_pool_spread_not_its_mean():
+    """A null edit whose first episodes avoid HalfCheetah's collapses (as half of the pool's own runs of 6 do):
+    against the pool's mean every difference is positive and the paired z says 'strong effect, go on'; the
+    two-sample statistics see a typical run, and futility stops it at the first look."""
+    from surgery.experiments.sequential import _z, two_sample_z
+
+    rng = np.random.default_rng(0)
+    pool = np.where(rng.random(200) < 0.12, rng.normal(1000, 800, 200), rng.normal(5800, 100, 200))
+    x = 5800 + 100 * np.array([-1, -0.5, 0, 0, 0.5, 1])  # a typical run of 6 without a collapse
+    assert _z(x - pool.mean()) > 2.4 and max(map(abs, two_sample_z(x, pool))) < 1.2
+    design = Design((6, 15, 30), 384, futility=0.1)
+    seq = Sequential(design)
+    seq.tracks = seq.tracks[:1]
+    assert seq.look(0, {0: x}, p_values={0: stats.two_sample_p(x, pool, seed=0)}, pool=pool) == {0: "futility"}
+    with pytest.raises(SurgeryError, match="two-sample p_values"):
+        Sequential(design).look(0, {0: x}, pool=pool)

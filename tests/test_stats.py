@@ -219,17 +219,21 @@ def test_compare_pairs_records_by_seed():
         stats.compare(base, SimpleNamespace(records=[rec(99, 1.0, False)]))
 
 
-def test_two_sample_p_against_every_subset():
-    """The unpaired permutation p against full enumeration of the subsets (9 of 9+13: 497,420 of them)."""
+def test_two_sample_p_against_every_subset(monkeypatch):
+    """The unpaired permutation p against full enumeration of the subsets (9 of 9+13: 497,420 of them), with the
+    usual chunks of resamples and with the small chunks a large pool gets (memory held near RESAMPLE_BUDGET)."""
     rng = np.random.default_rng(3)
     for shift in (0.0, 0.8, 2.5):
         x, pool = rng.normal(shift, 1, 9), rng.normal(0, 1, 13)
         z = np.concatenate([x, pool])
         means = np.array([z[list(c)].mean() for c in itertools.combinations(range(z.size), x.size)])
         exact = float(np.mean(np.abs(means - z.mean()) >= abs(x.mean() - z.mean()) - 1e-12))
-        p = stats.two_sample_p(x, pool, resamples=4000, refine=100_000, seed=1)
-        # within 4 Monte Carlo errors of the coarser count (a p near 0.01 may or may not have been refined)
-        assert abs(p - exact) <= 4 * np.sqrt(exact * (1 - exact) / 4000) + 2 / 4000, (shift, p, exact)
+        for budget in (stats.RESAMPLE_BUDGET, 22 * 150):  # the second: chunks of 150 resamples
+            monkeypatch.setattr(stats, "RESAMPLE_BUDGET", budget)
+            p = stats.two_sample_p(x, pool, resamples=4000, refine=100_000, seed=1)
+            # within 4 Monte Carlo errors of the coarser count (a p near 0.01 may or may not have been refined)
+            assert abs(p - exact) <= 4 * np.sqrt(exact * (1 - exact) / 4000) + 2 / 4000, (shift, budget, p, exact)
+        monkeypatch.undo()
     # Refined where small: the floor is 1 / (1 + refine), not 1 / (1 + resamples).
     assert stats.two_sample_p(np.full(5, 10.0), np.zeros(400), resamples=100, refine=50_000) == 1 / 50_001
 

@@ -22,7 +22,8 @@ def register(subparsers) -> None:
         "atlas", help="edit every singular triple on its own, measure each one's effect on behaviour, test whether "
                       "alignment predicts it; write a report",
         description="Edit every singular triple of the chosen weights, one at a time, and play paired episodes "
-                    "against one shared baseline on the same seeds. Each edit is tested at a few looks and stops "
+                    "against one shared baseline on the same seeds (or, with --pool N, judge each edit against N "
+                    "unedited episodes on other seeds, unpaired). Each edit is tested at a few looks and stops "
                     "early once its damage is established or out of reach (the error guarantees hold regardless: "
                     "docs/atlas.md). Tasks run on a Dask LocalCluster started here (one worker per core), on an "
                     "existing cluster (--scheduler), or in this process (--workers 0). Every episode is stored as "
@@ -31,7 +32,8 @@ def register(subparsers) -> None:
     add_settings_arguments(p, AtlasSettings)
     p.add_argument("--metadata", help="metadata JSON for a checkpoint directory without metadata.json")
     add_base_edits_argument(p, "the atlas (its triples and baseline are the edited model's)")
-    p.add_argument("--out", type=Path, help="output directory (default runs/atlas/MODEL-WEIGHTS-OP[-edited-DIR])")
+    p.add_argument("--out", type=Path,
+                   help="output directory (default runs/atlas/MODEL-WEIGHTS-OP[-poolN][-edited-DIR])")
     p.add_argument("--scheduler", metavar="tcp://HOST:PORT",
                    help="run on this existing Dask cluster (the workers need this package and the model: a zoo "
                         "name, or a checkpoint directory they can read at the same path)")
@@ -57,7 +59,8 @@ def run_atlas(args) -> int:
     if args.scheduler is not None and args.workers is not None:
         raise SurgeryError("give --scheduler or --workers, not both")
     out = args.out or (Path("runs") / "atlas" /
-                       f"{_name(args.model)}-{'-'.join(settings.weights)}-{settings.op}{edited_suffix(args)}")
+                       f"{_name(args.model)}-{'-'.join(settings.weights)}-{settings.op}"
+                       f"{f'-pool{settings.pool}' if settings.pool else ''}{edited_suffix(args)}")
     check_out_dir(out)  # a bad --out is one line before the model loads and a cluster starts
     # Connect before loading anything: an unreachable scheduler is one line and exit 2, with nothing written.
     with Runner(scheduler=args.scheduler, workers=args.workers) as runner:

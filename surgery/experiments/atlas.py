@@ -26,7 +26,7 @@ import numpy as np
 
 from surgery.checks import integer, one_of
 from surgery.errors import SurgeryError
-from surgery.experiments.sequential import Design, schedule
+from surgery.experiments.sequential import Design, pool_p, schedule
 from surgery.experiments.settings import ATLAS_DTYPES, ATLAS_OPS, AtlasSettings
 from surgery.names import CORRECTIONS, DT_EMBEDDINGS, WEIGHTS
 
@@ -36,9 +36,9 @@ RESULTS_FILE = "episodes.sqlite"
 PLAN_FILE = "plan.json"
 MODEL_DIR = "model"
 ATLAS_VERSION = 2  # bump when a change alters which jobs run or how tasks are cut (2: typical_pairs)
-POOL_RESAMPLES, POOL_REFINE = 4000, 200_000
-"""The pooled test's Monte Carlo resamples, and where a p is below 0.01 (stats.two_sample_p): its smallest p is
-1 / (1 + POOL_REFINE) = 5e-6, what an efficacy stop at the first look of a few hundred edits needs."""
+POOLED_ATLAS_VERSION = 3
+"""The same for an atlas with a pool, counted apart so that a change to the pooled design leaves every paired
+store's fingerprint as it was (3: futility on two-sample statistics, `sequential.two_sample_z`)."""
 
 
 @dataclass
@@ -262,10 +262,11 @@ class _Sweep:
         self.design = Design(schedule(s.episodes, s.looks), len(edits), s.alpha, s.futility, s.correction, s.spend)
         self.sha = weights_sha256(adapter.model)
         self.warnings = []
-        if s.pool and 1 / (1 + POOL_REFINE) > self.design.efficacy_p(self.design.K - 1):
+        if s.pool and not self.design.reachable(s.pool):
             self.warnings.append(
-                f"no edit can be significant: the pooled test's smallest p, {1 / (1 + POOL_REFINE):.1g}, is above the "
-                f"last look's bound {self.design.efficacy_p(self.design.K - 1):.2g}; use fewer edits")
+                f"no edit can be significant: against a pool of {s.pool} with {s.episodes} episodes per edit the "
+                f"smallest p is {self.design.smallest_p(s.pool):.2g}, above the last look's bound "
+                f"{self.design.efficacy_p(self.design.K - 1):.2g}; use a larger pool or fewer edits")
         elif not s.pool and not self.design.reachable():
             self.warnings.append(
                 f"no edit can be significant: with {s.episodes} pairs the smallest p is 2^{1 - s.episodes}, above "
@@ -282,7 +283,8 @@ class _Sweep:
         settings = {k: v for k, v in dataclasses.asdict(self.s).items()
                     if k != "embedding" and not (k == "pool" and v == 0)}
         return {
-            "experiment": "atlas", "atlas_version": ATLAS_VERSION, "engine_version": ENGINE_VERSION,
+            "experiment": "atlas", "atlas_version": POOLED_ATLAS_VERSION if self.s.pool else ATLAS_VERSION,
+            "engine_version": ENGINE_VERSION,
             "edit_engine": EDIT_ENGINE, "weights_sha256": self.sha,
             "model": {k: getattr(config, k, None) for k in (
                 "activation_function", "layer_norm_epsilon", "action_tanh", "n_head",
@@ -406,9 +408,9 @@ class _Sweep:
                 # Paired: the baseline plays each look's episodes with the edits. Pooled: the pool is all it plays.
                 play(self._tasks(k, ([] if s.pool else [-1]) + seq.open(), lo, n, rollout, ref))
                 edited = {e: np.array([done[(e, j)].episode_return for j in range(n)]) for e in seq.open()}
-                if s.pool:  # unpaired: futility reads edited - the pool's mean; p from the two-sample test
-                    decisions = seq.look(k, {e: x - pool.mean() for e, x in edited.items()},
-                                         p_values={e: pool_p(x, pool, e, k) for e, x in edited.items()})
+                if s.pool:  # unpaired: p and futility from two-sample statistics against the whole pool
+                    decisions = seq.look(k, edited, p_values={e: pool_p(x, pool, e, k) for e, x in edited.items()},
+                                         pool=pool)
                 else:
                     base = np.array([done[(-1, j)].episode_return for j in range(n)])
                     decisions = seq.look(k, {e: x - base for e, x in edited.items()}, baseline=base)
@@ -417,7 +419,8 @@ class _Sweep:
                 if bar.total is not None:  # the plan shrinks: stopped edits (and a baseline nobody needs) end here
                     bar.total -= stopped * (N - n) + (N - n if left == 0 and not s.pool else 0)
                 if self.progress:
-                    bar.set_postfix_str(f"look {k + 1}/{d.K} at {n} pairs: {left} of {m} edits open")
+                    bar.set_postfix_str(f"look {k + 1}/{d.K} at {n} {'episodes' if s.pool else 'pairs'}: "
+                                        f"{left} of {m} edits open")
         return steps
 
     def _run_serial(self, tasks, on_result, live: dict, show) -> None:
@@ -450,14 +453,6 @@ class _Sweep:
             chunk = tuple((e, () if e < 0 else (self.edits[e],)) for e in members[i:i + per])
             tasks.append(Task(f"atlas-{self.fingerprint[:12]}-look{k}-{c}", ref, chunk, (lo, hi), rollout))
         return tasks
-
-
-def pool_p(x, pool, edit: int, look: int) -> float:
-    """An edit's p at a look against the pool: the unpaired permutation test, seeded by (edit, look) so that a
-    rerun, or a report rebuilt from the store, gets the same p."""
-    from surgery import stats
-
-    return stats.two_sample_p(x, pool, POOL_RESAMPLES, POOL_REFINE, seed=1_000_003 * look + edit)
 
 
 class _MemoryStore:

@@ -68,27 +68,43 @@ def sizes(adapter, edits) -> tuple[np.ndarray, np.ndarray]:
     return np.array(sv), np.array(energy)
 
 
-PLACEBO_ENERGY = 0.01
-"""Largest energy share of a placebo edit: zeroing it changes the weight by at most 10% of its norm."""
+PLACEBO_CHANGE = 0.1
+"""Largest change of a placebo edit: ||edited - W|| / ||W|| at most 10% (zeroing a triple: energy share <= 0.01)."""
 
 
-def placebo(b_ret: np.ndarray, edited: np.ndarray, energy: np.ndarray) -> dict | None:
-    """What an edit that changes almost nothing does: of the quarter of edits with the smallest energy share,
-    those at most PLACEBO_ENERGY, their mean return drop over the first look's pairs, with a 95% Student's t
-    interval over those pairs.
+def change_factor(op: str, value: float | None, d_model: int) -> float:
+    """||W_edited - W|| / S_i for one edited triple: the edit is S_i (u' - u) v^T with u the residual-facing
+    vector. zero: u' = 0, so 1; scale: u' = value u, so |value - 1|; constant: u' = value * ones, at most
+    1 + |value| sqrt(d_model) (a bound: the placebo must not take in an edit that changes more than it says)."""
+    if op == "zero":
+        return 1.0
+    if op == "scale":
+        return abs(float(value) - 1.0)
+    return 1.0 + abs(float(value)) * float(np.sqrt(d_model))
 
-    b_ret: the baseline's returns over the first look's pairs; edited: [edits, pairs] returns; energy: per edit.
+
+def placebo(reference: np.ndarray, edited: np.ndarray, energy: np.ndarray, factor: float = 1.0,
+            pooled: bool = False) -> dict | None:
+    """What an edit that changes almost nothing does: of the quarter of edits that change their weight least,
+    those changing it by at most PLACEBO_CHANGE of its norm (factor * sqrt(energy share), `change_factor`), their
+    mean return drop over the first look's episodes, with a 95% interval.
+
+    reference: paired, the baseline's returns over the first look's pairs (interval: Student's t over the
+    pairs); pooled, the pool's returns (interval: Welch's, so that the pool mean's own error is in it).
+    edited: [edits, episodes] returns over the first look; energy: per edit.
     Near zero where a paired episode repeats under a tiny change. Where it does not (chaotic dynamics: one
     float32 rounding re-rolls a HalfCheetah episode), every edit is an independent draw and the shared
     baseline's own luck is charged to all of them: this level is what damage is to be read against.
-    None with fewer than 4 such edits (an atlas of a few large triples has no placebo).
+    None with fewer than 4 such edits (an atlas of a few large triples, or of edits that are all large, has none).
     """
-    quarter = np.argsort(energy, kind="stable")[: len(energy) // 4]
-    small = quarter[energy[quarter] <= PLACEBO_ENERGY]
+    change = factor * np.sqrt(energy)
+    quarter = np.argsort(change, kind="stable")[: len(change) // 4]
+    small = quarter[change[quarter] <= PLACEBO_CHANGE]
     if small.size < 4:
         return None
-    drop = stats.mean_ci_t(b_ret - edited[small].mean(axis=0))
-    return {"edits": int(small.size), "energy_max": float(energy[small].max()), "pairs": int(b_ret.size),
+    per_episode = edited[small].mean(axis=0)
+    drop = stats.welch_ci(reference, per_episode) if pooled else stats.mean_ci_t(reference - per_episode)
+    return {"edits": int(small.size), "energy_max": float(energy[small].max()), "pairs": int(edited.shape[1]),
             "damage": drop.value, "low": drop.low, "high": drop.high}
 
 
@@ -155,7 +171,8 @@ def build(sweep, seq, done: dict, align, steps: dict) -> dict:
     p_adj_fail = stats.adjust_pvalues(np.array(cols["p_failures"]), s.correction)
     sv, energy = sizes(sweep.adapter, edits)
     edited_first = np.array([[done[(e, j)].episode_return for j in range(n_first)] for e in range(len(edits))])
-    control = placebo(np.full(n_first, r_ret.mean()) if pool else b_ret[:n_first], edited_first, energy)
+    control = placebo(r_ret if pool else b_ret[:n_first], edited_first, energy,
+                      change_factor(s.op, s.value, sweep.adapter.d_model), pooled=bool(pool))
     align_cols, sets = alignment_columns(align, edits, s.op)
     rows = Table({
         "edit": np.arange(len(edits)),

@@ -155,7 +155,7 @@ def claim(atlas, embedding: str = "action_out", per_bin: int = 20, seed: int = 0
     first_look = None if first is None else spearman(cos, first, **boot)
     out = _judge(embedding, kinds, len(cos), rho, size, partial_spearman(cos, damage, sv, 1 - alpha),
                  partial_spearman(cos, damage, energy, 1 - alpha), within, tuple(strata), table, alpha, damaging.any(),
-                 atlas.design, first_look, matched)
+                 atlas.design, first_look, matched, getattr(atlas.settings, "pool", 0))
     if weights is None and len(kinds) > 1:
         per = {w: claim(atlas, embedding, per_bin, seed, weights=(w,)) for w in kinds}
         out = Claim(**{**out.__dict__, "per_weight": per})
@@ -220,7 +220,7 @@ def _above(c: Correlation) -> bool:
 
 
 def _judge(embedding, weights, n, rho, size, partial_size, partial_energy, within, strata, table, alpha,
-           any_damage, design, first_look=None, matched=None) -> Claim:
+           any_damage, design, first_look=None, matched=None, pool: int = 0) -> Claim:
     c1, c2 = _above(rho), _above(within) and _above(partial_size)
     testable_2x2 = table.aligned_damaging + table.aligned_harmless > 0
     c3 = testable_2x2 and table.p_fisher < alpha
@@ -240,7 +240,7 @@ def _judge(embedding, weights, n, rho, size, partial_size, partial_energy, withi
                 "" if matched is None else f"; within bins of singular value {matched.observed} against "
                 f"{matched.expected:.1f} that size alone gives, stratified exact p = {matched.p:.2g}")},
     }
-    unreachable = not design.reachable()
+    unreachable = not design.reachable(pool)
     if not any_damage:
         outcome = "too few episodes" if unreachable else "not testable"
     elif c1 and c2 and c3:
@@ -260,6 +260,7 @@ def _judge(embedding, weights, n, rho, size, partial_size, partial_energy, withi
         sentence += " (no edit lowers the return significantly: there is no damage to predict)"
     elif outcome == "too few episodes":
         sentence += (f" (no edit could be significant: with {design.looks[-1]} episodes per edit the smallest p is "
-                     f"above the last look's bound; at least {design.pairs_needed()} episodes are needed)")
+                     "above the last look's bound; " + (f"the pool of {pool} is too small)" if pool else
+                                                        f"at least {design.pairs_needed()} episodes are needed)"))
     return Claim(embedding, tuple(weights), n, rho, size, partial_size, partial_energy, within, strata, table, outcome,
                  sentence, criteria, matched, first_look)

@@ -41,7 +41,8 @@ Guarantees (docs/atlas.md has the arguments at length):
    effects that look small early; tests/test_sequential.py measures how much.
 
 The conditional power uses a normal approximation of each statistic over its permutation standard
-deviation (z = sum d / sqrt(sum d^2); signed ranks: sum sign(d) r / sqrt(sum r^2)) and the B-value
+deviation (z = sum d / sqrt(sum d^2); signed ranks: sum sign(d) r / sqrt(sum r^2); against a pool, their
+unpaired counterparts, `two_sample_z`: the mean difference and the Mann-Whitney rank sum) and the B-value
 projection of Lan and Wittes (1988): B(t) = z sqrt(t) at information fraction t = n_k / N, drift
 estimated as B(t) / t. It only decides when to stop; no p-value depends on it.
 
@@ -65,7 +66,11 @@ from surgery.names import CORRECTIONS
 from surgery.stats import adjust_pvalues, sign_flip_p
 
 __all__ = ["Design", "Sequential", "Simulation", "schedule", "simulate", "conditional_power", "combine_looks",
-           "STOPS"]
+           "two_sample_z", "pool_p", "STOPS", "POOL_RESAMPLES", "POOL_REFINE"]
+
+POOL_RESAMPLES, POOL_REFINE = 4000, 200_000
+"""The pooled test's Monte Carlo resamples, and where a p is below 0.01 (stats.two_sample_p): its smallest p is
+1 / (1 + POOL_REFINE) = 5e-6, what an efficacy stop at the first look of a few hundred edits needs."""
 
 STOPS = ("efficacy", "futility", "complete")
 """Why an edit stopped: damage (or benefit) established early, out of reach, or all looks run."""
@@ -159,10 +164,18 @@ class Design:
         """The |z| whose two-sided normal p is the last look's efficacy bound: what conditional power aims at."""
         return float(sps.norm.isf(self.efficacy_p(self.K - 1) / 2))
 
-    def reachable(self) -> bool:
-        """Whether any edit can be significant: the smallest p with N pairs, 2^(1-N), is within the last look's
-        bound."""
-        return 2.0 ** (1 - self.looks[-1]) <= self.efficacy_p(self.K - 1)
+    def smallest_p(self, pool: int = 0) -> float:
+        """The smallest p an edit can reach at the last look. Paired: the sign-flip test's 2^(1-N). Against a pool
+        of P: the permutation test's 1 / C(N + P, N) (at best only the observed split is as extreme), and never
+        below the Monte Carlo floor 1 / (1 + POOL_REFINE)."""
+        n = self.looks[-1]
+        if not pool:
+            return 2.0 ** (1 - n)
+        return max(1 / (1 + POOL_REFINE), 1 / math.comb(n + pool, n))
+
+    def reachable(self, pool: int = 0) -> bool:
+        """Whether any edit can be significant: `smallest_p` is within the last look's bound."""
+        return self.smallest_p(pool) <= self.efficacy_p(self.K - 1)
 
     def pairs_needed(self) -> int:
         """The fewest pairs N with which 2^(1-N) is within the last look's bound w_K alpha / m."""
@@ -227,16 +240,19 @@ class Sequential:
         """Edits still running."""
         return [e for e, t in enumerate(self.tracks) if t.stopped is None]
 
-    def look(self, k: int, differences, baseline=None, p_values: dict | None = None) -> dict[int, str]:
+    def look(self, k: int, differences, baseline=None, p_values: dict | None = None, pool=None) -> dict[int, str]:
         """Look k (0-based): `differences[e]` holds edit e's first n_k paired differences (edited - baseline).
 
         Every open edit must be given; returns {edit: "continue" or why it stopped}.
         baseline: the baseline's first n_k returns, when known: futility is then judged without the pairs
         whose baseline episode is a catastrophe (`typical_pairs`). Only the stopping changes; p-values use
-        every pair. p_values: each open edit's p_k from another valid test (an unpaired one against a pool:
-        `differences` are then edited - the pool's mean, used for futility only); default the sign-flip p.
+        every pair. p_values: each open edit's p_k from another valid test; default the sign-flip p.
+        pool: unpaired, against these unedited returns: `differences[e]` are then edit e's own returns,
+        `p_values` must be given (the two-sample test's), and futility reads `two_sample_z`.
         """
         d, n = self.design, self.design.looks[k]
+        if pool is not None and (p_values is None or baseline is not None):
+            raise SurgeryError("against a pool, give the two-sample p_values and no baseline")
         keep = np.ones(n, dtype=bool) if baseline is None else typical_pairs(baseline)
         if keep.shape != (n,):
             raise SurgeryError(f"look {k}: expected {n} baseline returns, got {keep.shape}")
@@ -249,7 +265,7 @@ class Sequential:
             if track.looks != k:
                 raise SurgeryError(f"edit {e} has had {track.looks} looks; look {k} is out of order")
             p = sign_flip_p(x) if p_values is None else float(p_values[e])
-            z, z_rank = _z(x), _z_rank(x)
+            z, z_rank = (_z(x), _z_rank(x)) if pool is None else two_sample_z(x, pool)
             track.p.append(p), track.z.append(z), track.z_rank.append(z_rank)
             if not keep.all():  # what futility sees: the pairs with a typical baseline episode
                 z, z_rank = _z(x[keep]), _z_rank(x[keep])
@@ -300,6 +316,38 @@ def combine_looks(p_looks, weights) -> float:
     return float(min(1.0, min(p / w for p, w in zip(p_looks, weights))))
 
 
+def pool_p(x, pool, edit: int, look: int) -> float:
+    """An edit's p at a look against the pool: the unpaired permutation test, seeded by (edit, look) so that a
+    rerun, or a report rebuilt from the store, gets the same p."""
+    from surgery import stats
+
+    return stats.two_sample_p(x, pool, POOL_RESAMPLES, POOL_REFINE, seed=1_000_003 * look + edit)
+
+
+def two_sample_z(x, pool) -> tuple[float, float]:
+    """Edited returns x against a pool of unedited ones: (z of the mean difference, z of the Mann-Whitney rank
+    sum), each over its permutation standard deviation; positive where the edit did better. The unpaired
+    counterparts of `_z` and `_z_rank`.
+
+    Why not the paired statistics of x - mean(pool): on skewed returns (HalfCheetah collapses in 12% of
+    episodes) the pool's mean sits below a typical episode, so an edit whose first episodes happen not to
+    collapse has every difference positive, z near sqrt(n), and looks like a strong effect: it never stops for
+    futility although the pool itself produces such a run half the time. These read x against the pool's
+    whole spread.
+    """
+    x, pool = np.asarray(x, dtype=float), np.asarray(pool, dtype=float)
+    both = np.concatenate([x, pool])
+    n, total = x.size, both.size
+    # Var(mean of a random n-subset of `both`, drawn without replacement) = sigma^2 (N - n) / (n (N - 1)).
+    var = float(both.var()) * (total - n) / (n * (total - 1))
+    z = float((x.mean() - both.mean()) / math.sqrt(var)) if var > 0 else 0.0
+    ranks = sps.rankdata(both)
+    _, ties = np.unique(both, return_counts=True)
+    rank_var = n * pool.size / 12 * ((total + 1) - float(np.sum(ties ** 3 - ties)) / (total * (total - 1)))
+    z_rank = float((ranks[:n].sum() - n * (total + 1) / 2) / math.sqrt(rank_var)) if rank_var > 0 else 0.0
+    return z, z_rank
+
+
 def _z(x: np.ndarray) -> float:
     """sum d / sqrt(sum d^2): the sign-flip statistic over its permutation standard deviation."""
     s2 = float(np.sum(x * x))
@@ -329,14 +377,13 @@ class Simulation:
     """Why each edit stopped (STOPS)."""
 
 
-def simulate(differences, design: Design, baseline=None, p_value=None) -> Simulation:
+def simulate(differences, design: Design, baseline=None, pool=None, p_value=None) -> Simulation:
     """Run the design on `differences` [m, N]: row e holds every paired difference edit e would give.
 
     The same `Sequential` the atlas uses, fed by slices: for tests of its error rates and power.
     baseline: the shared baseline's N returns, as the atlas passes them (futility without its catastrophes).
-    p_value: `p_value(e, k, n)`, edit e's p at look k from its first n episodes by another valid test, as
-    the atlas's pool gives (`differences` are then edited - the pool's mean: futility only); default the
-    sign-flip p of the differences.
+    pool: unpaired, as an atlas with a pool: `differences` are then the edits' returns, and `p_value(e, k, n)`
+    gives edit e's two-sample p at look k from its first n episodes.
     """
     D = np.asarray(differences, dtype=float)
     if D.ndim != 2 or D.shape != (design.edits, design.looks[-1]):
@@ -346,7 +393,8 @@ def simulate(differences, design: Design, baseline=None, p_value=None) -> Simula
         if not seq.open():
             break
         p = None if p_value is None else {e: p_value(e, k, n) for e in seq.open()}
-        seq.look(k, {e: D[e, :n] for e in seq.open()}, None if baseline is None else np.asarray(baseline)[:n], p)
+        seq.look(k, {e: D[e, :n] for e in seq.open()}, None if baseline is None else np.asarray(baseline)[:n], p,
+                 pool)
     p_adj = seq.p_adjusted()
     used = np.array([design.looks[t.looks - 1] for t in seq.tracks])
     return Simulation(seq.p_final(), p_adj, p_adj <= design.alpha, used, np.array([t.stopped for t in seq.tracks]))

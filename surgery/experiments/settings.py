@@ -46,7 +46,7 @@ class AtlasSettings:
     value: float | None = None
     """The op's value: the constant (default 1/d_model) or the scale factor (required)."""
     episodes: int = field(default=50, metadata={"metavar": "N", "positive": True})
-    """Most paired episodes per edit (the last look); the baseline plays them all."""
+    """Most episodes per edit (the last look); paired, the baseline plays them all too (with --pool, none)."""
     looks: tuple[float, ...] = field(default=(0.2, 0.5, 1.0), metadata={"metavar": "F"})
     """Fractions of --episodes at which each open edit is tested and may stop (the last must be 1)."""
     futility: float = 0.1
