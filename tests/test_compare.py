@@ -1,6 +1,8 @@
 """`surgery compare`: agreement of findings between two models, matched residual bases, damage profiles."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -122,3 +124,12 @@ def test_cli_bad_atlas_table_is_one_line(tmp_path, capsys):
     code = cli.main(["compare", "hopper", "hopper", "--atlas-a", str(bad), "--atlas-b", str(bad)])
     err = capsys.readouterr().err
     assert code == 2 and "lacks the columns" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_an_atlas_of_the_other_model_is_refused(capsys):
+    """Swapped atlases would compare the wrong damage profiles in silence: their atlas.json names the weights."""
+    results = Path(__file__).resolve().parents[1] / "docs" / "atlas-results"
+    swapped = [results / "hopper-seed1-top16" / "atlas.csv", results / "hopper-top16" / "atlas.csv"]
+    code = cli.main(["compare", "hopper", "hopper-seed1", "--atlas-a", str(swapped[0]), "--atlas-b", str(swapped[1])])
+    err = capsys.readouterr().err
+    assert code == 2 and "not of hopper (2a29cea7a99b)" in err and len(err.strip().splitlines()) == 1

@@ -58,6 +58,25 @@ def read_csv(path: Path) -> dict:
     return out
 
 
+def check_atlas_model(path: Path, model, name: str) -> None:
+    """Refuse the atlas table of another model (swapped --atlas-a and --atlas-b, a twin's atlas): the atlas.json
+    beside it names the weights' SHA-256. A table alone carries no model identity: that is said, not refused."""
+    import json
+    import sys
+
+    from surgery.behaviour.evaluation import weights_sha256
+    from surgery.errors import SurgeryError
+
+    meta = path.parent / "atlas.json"
+    if not meta.is_file():
+        print(f"note: {path}: no atlas.json beside it, so it is not checked to be {name}'s atlas", file=sys.stderr)
+        return
+    want, have = json.loads(meta.read_text())["model"]["weights_sha256"], weights_sha256(model.model)
+    if want != have:
+        raise SurgeryError(f"{path} is the atlas of weights {want[:12]}, not of {name} ({have[:12]}): give each "
+                           "model's own atlas (--atlas-a for MODEL_A, --atlas-b for MODEL_B)")
+
+
 OUT_FILES = ("cells.csv", "agreement.csv", "damage.csv", "summary.txt")
 
 
@@ -83,6 +102,9 @@ def run(args) -> int:
     settings = settings_from_args(AlignmentSettings, args)
     a, b = surgery.load(args.model_a), surgery.load(args.model_b)
     atlases = [read_csv(p) if p else None for p in (args.atlas_a, args.atlas_b)]
+    for path, model, name in ((args.atlas_a, a, args.model_a), (args.atlas_b, b, args.model_b)):
+        if path is not None:
+            check_atlas_model(path, model, name)
     c = compare_models(a, b, settings, atlas_a=atlases[0], atlas_b=atlases[1], names=(args.model_a, args.model_b))
     print(c)
     if args.out:  # all files or none: the folder is written beside and renamed into place
