@@ -72,7 +72,7 @@ def check_pool(folder: Path, other: dict, spec: dict, settings: dict) -> None:
             raise SystemExit(f"{folder}: {key} {have!r} is not the atlas's {want!r}: its episodes are not comparable")
 
 
-def pool_claim(out: pd.DataFrame, design, embedding: str = "action_out", first_look=None):
+def pool_claim(out: pd.DataFrame, design, pool_size: int, embedding: str = "action_out", first_look=None):
     """The claim (`surgery.experiments.claim`) with damage and significance judged against the pool.
     first_look: each edit's damage against the pool over the first look's episodes (which every edit played)."""
     from types import SimpleNamespace
@@ -84,7 +84,8 @@ def pool_claim(out: pd.DataFrame, design, embedding: str = "action_out", first_l
     table = Table({**{c: out[c].to_numpy() for c in cols}, "damage": out["damage_vs_pool"].to_numpy(float),
                    "damage_first_look": (out["damage_vs_pool"] if first_look is None else first_look).to_numpy(float),
                    "significant": out["significant_pool"].to_numpy(bool)})
-    atlas = SimpleNamespace(rows=table, embeddings=(embedding,), settings=SimpleNamespace(alpha=design.alpha),
+    atlas = SimpleNamespace(rows=table, embeddings=(embedding,), settings=SimpleNamespace(alpha=design.alpha,
+                                                                                        pool=pool_size),
                             alignment_alpha=0.05, design=design)  # the alignment's default level, as reported
     return claim(atlas, embedding)
 
@@ -178,7 +179,7 @@ def main() -> None:
     print(f"aligned with action_out beyond chance: {int(aligned.sum())}; of them significantly damaging against "
           f"the pool: {int((aligned & now & (out['damage_vs_pool'] > 0)).sum())}; unaligned: "
           f"{int((~aligned & now & (out['damage_vs_pool'] > 0)).sum())} of {int((~aligned).sum())}")
-    c = pool_claim(out, design, first_look=pool.mean() - pd.Series(first.mean(axis=1), index=out.index))
+    c = pool_claim(out, design, pool.size, first_look=pool.mean() - pd.Series(first.mean(axis=1), index=out.index))
     print(f"the claim against the pool: {c.outcome.upper()}; {c.rho.describe('rho')}, "
           f"{c.within.describe('within bins')}; aligned & damaging {c.table.aligned_damaging} of "
           f"{c.table.aligned_damaging + c.table.aligned_harmless}, unaligned & damaging {c.table.unaligned_damaging}; "

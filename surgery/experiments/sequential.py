@@ -63,7 +63,7 @@ from scipy import stats as sps
 from surgery.checks import integer, level, positive_number
 from surgery.errors import SurgeryError
 from surgery.names import CORRECTIONS
-from surgery.stats import adjust_pvalues, sign_flip_p
+from surgery.stats import adjust_pvalues, sign_flip_p, two_sample_p
 
 __all__ = ["Design", "Sequential", "Simulation", "schedule", "simulate", "conditional_power", "combine_looks",
            "two_sample_z", "pool_p", "STOPS", "POOL_RESAMPLES", "POOL_REFINE"]
@@ -319,9 +319,7 @@ def combine_looks(p_looks, weights) -> float:
 def pool_p(x, pool, edit: int, look: int) -> float:
     """An edit's p at a look against the pool: the unpaired permutation test, seeded by (edit, look) so that a
     rerun, or a report rebuilt from the store, gets the same p."""
-    from surgery import stats
-
-    return stats.two_sample_p(x, pool, POOL_RESAMPLES, POOL_REFINE, seed=1_000_003 * look + edit)
+    return two_sample_p(x, pool, POOL_RESAMPLES, POOL_REFINE, seed=1_000_003 * look + edit)
 
 
 def two_sample_z(x, pool) -> tuple[float, float]:
