@@ -34,6 +34,15 @@ def run(balancer, tmp_path_factory):
     return atlas(balancer, out=out, workers=0, progress=False, **SMALL), out
 
 
+def _seconds(out) -> float:
+    """The playing time kept in the store, read from the SQLite file directly."""
+    import sqlite3
+    from contextlib import closing
+
+    with closing(sqlite3.connect(out / RESULTS_FILE)) as conn:
+        return float(conn.execute("SELECT value FROM experiment WHERE name = 'seconds'").fetchone()[0])
+
+
 def _stored(out) -> dict:
     """Every stored episode, (edit, episode) -> its fields, read from the SQLite file directly."""
     import sqlite3
@@ -303,11 +312,18 @@ def test_an_interrupted_atlas_resumes_and_counts_add_up(balancer, run, tmp_path,
     with pytest.raises(KeyboardInterrupt):
         atlas(balancer, out=tmp_path, workers=0, progress=False, **SMALL)
     assert 0 < len(_stored(tmp_path)) < len(_stored(out))
+    played_before = _seconds(tmp_path)  # the interrupted run's time is kept with its episodes
+    assert played_before > 0
     monkeypatch.setattr(ResultsStore, "add_many", real)
     again = atlas(balancer, out=tmp_path, workers=0, progress=False, **SMALL)
     assert _stored(tmp_path).keys() == _stored(out).keys()
     assert _stored(tmp_path) == _stored(out)  # the same records, each once
     assert again.cost["episodes"] == a.cost["episodes"] and again.cost["env_steps_this_run"] < a.cost["env_steps"]
+    # The report of the resumed run says what both runs played for, not only its own share.
+    assert again.cost["seconds_all_runs"] == pytest.approx(_seconds(tmp_path)) and _seconds(tmp_path) > played_before
+    assert "min of play over every run that filled the store" in again.text()
+    rebuilt = atlas(balancer, out=tmp_path, workers=0, progress=False, **SMALL)  # plays nothing, adds nothing
+    assert rebuilt.cost["seconds_all_runs"] == again.cost["seconds_all_runs"]
     for c in ("damage", "p", "p_adj", "episodes", "stopped"):
         assert list(again.rows[c]) == list(a.rows[c])
 

@@ -275,6 +275,18 @@ class ResultsStore:
     def __len__(self) -> int:
         return self._conn.execute("SELECT COUNT(*) FROM episodes").fetchone()[0]
 
+    def add_seconds(self, seconds: float) -> None:
+        """Add playing time to the total kept with the episodes (a resumed experiment's report can then say what
+        all its runs took, not only the last)."""
+        with self._transaction():
+            total = self.seconds() + float(seconds)
+            self._conn.execute("INSERT OR REPLACE INTO experiment VALUES ('seconds', ?)", (repr(total),))
+
+    def seconds(self) -> float:
+        """Playing time of every run that filled this file (0 for files written before it was kept)."""
+        row = self._conn.execute("SELECT value FROM experiment WHERE name = 'seconds'").fetchone()
+        return 0.0 if row is None else float(row[0])
+
     def close(self) -> None:
         try:
             self._conn.close()

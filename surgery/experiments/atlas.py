@@ -354,6 +354,7 @@ class _Sweep:
                 seq = Sequential(self.design)
                 done = store.finished()
                 steps = self._stages(seq, done, store, ref)
+                self.seconds_all_runs = store.seconds()
         finally:
             store.close()
         from surgery.experiments.atlas_rows import build
@@ -371,6 +372,7 @@ class _Sweep:
         steps: dict[int, int] = {}
         live: dict[str, int] = {}
         stored = [len(done)]  # a resumed run's stored episodes: done, but not at this run's rate
+        clock = [time.perf_counter()]  # when the last result was stored
         planned = (m + (0 if s.pool else 1)) * N + s.pool  # pooled: the pool instead of a paired baseline
         with progress_bar.progress(total=planned, desc=f"atlas {self.env_id}", unit="ep",
                                    enabled=self.progress, initial=stored[0]) as bar:
@@ -384,6 +386,11 @@ class _Sweep:
             def on_result(task, result) -> None:
                 new = [r for r in result.records if (r.edit, r.episode) not in done]
                 store.add_many(new)
+                # The time that produced them, kept with the episodes (an interrupted run's too): a resumed
+                # run's report can say what all its runs took together.
+                now = time.perf_counter()
+                store.add_seconds(now - clock[0])
+                clock[0] = now
                 for r in new:
                     done[(r.edit, r.episode)] = r
                     steps[r.edit] = steps.get(r.edit, 0) + r.length
@@ -459,7 +466,7 @@ class _MemoryStore:
     """The results store's interface, in memory (an atlas without `out`)."""
 
     def __init__(self):
-        self._rows = {}
+        self._rows, self._seconds = {}, 0.0
 
     def finished(self) -> dict:
         return dict(self._rows)
@@ -473,6 +480,12 @@ class _MemoryStore:
 
     def close(self) -> None:
         pass
+
+    def add_seconds(self, seconds: float) -> None:
+        self._seconds += float(seconds)
+
+    def seconds(self) -> float:
+        return self._seconds
 
 
 @contextmanager

@@ -58,7 +58,11 @@ def _lines_head(a) -> list[str]:
     if wall is not None:  # a resumed run's clock covers only the steps it played itself
         resumed = c.get("env_steps_this_run", c["env_steps"]) < c["env_steps"]
         this = f"{100 * c.get('env_steps_this_run', 0) / max(c['env_steps'], 1):.0f}% of the steps"
-        timing = f", {wall / 60:.1f} min" + (f" for this run ({this}; the rest was stored earlier)" if resumed else "")
+        earlier = c.get("seconds_all_runs") or 0.0  # 0: a store from before it kept its runs' time
+        timing = f", {wall / 60:.1f} min" + (
+            f" for this run ({this}; the rest was stored earlier" +
+            (f"; {earlier / 60:.1f} min of play over every run that filled the store)" if earlier else ")")
+            if resumed else "")
     else:
         timing = ""
     return [

@@ -206,6 +206,7 @@ def build(sweep, seq, done: dict, align, steps: dict) -> dict:
         "episodes": used, "episodes_fixed_design": planned,
         "env_steps": int(rows["env_steps"].sum()) + int(sum(r.length for r in unedited)),
         "env_steps_this_run": int(sum(steps.values())),
+        "seconds_all_runs": float(sweep.seconds_all_runs),
         "stopped": {why: int(np.sum(rows["stopped"] == why)) for why in ("efficacy", "futility", "complete")},
         "where": sweep.runner.describe(),
     }
