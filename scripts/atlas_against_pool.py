@@ -90,14 +90,14 @@ def pool_claim(out: pd.DataFrame, design, pool_size: int, embedding: str = "acti
     return claim(atlas, embedding)
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("atlas", type=Path, help="an atlas folder (atlas.csv, plan.json, episodes.sqlite)")
     ap.add_argument("pools", type=Path, nargs="+", help="folders of `surgery evaluate --out` of the unedited model")
     ap.add_argument("--resamples", type=int, default=4000)
     ap.add_argument("--refine", type=int, default=200_000)
     ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     from surgery import stats
     from surgery.experiments.atlas_rows import PLACEBO_CHANGE, change_factor, placebo

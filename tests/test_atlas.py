@@ -34,6 +34,13 @@ def run(balancer, tmp_path_factory):
     return atlas(balancer, out=out, workers=0, progress=False, **SMALL), out
 
 
+@pytest.fixture(scope="module")
+def pooled(balancer, tmp_path_factory):
+    """The same atlas judged against a pool of 40 unedited episodes, and its folder."""
+    out = tmp_path_factory.mktemp("pooled")
+    return atlas(balancer, out=out, workers=0, progress=False, pool=40, **SMALL), out
+
+
 def _seconds(out) -> float:
     """The playing time kept in the store, read from the SQLite file directly."""
     import sqlite3
@@ -133,12 +140,12 @@ def test_the_pooled_placebo_interval_carries_the_pool_means_error():
     assert warned / reps <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / reps) < 0.15 < naive / reps  # measured 0.06, 0.25
 
 
-def test_a_pooled_atlas_judges_every_edit_against_fresh_unedited_episodes(balancer, run, tmp_path):
+def test_a_pooled_atlas_judges_every_edit_against_fresh_unedited_episodes(balancer, run, pooled):
     """--pool: the pool is the baseline's episodes past the edits' seeds, played before any look; rows agree
     with computations from the stored episodes and with scipy's own two-sample permutation test."""
     from surgery.experiments.sequential import pool_p
 
-    a = atlas(balancer, out=tmp_path, workers=0, progress=False, pool=40, **SMALL)
+    a, tmp_path = pooled
     N, d = SMALL["episodes"], a.design
     stored = _stored(tmp_path)
     field = {f.name: i for i, f in enumerate(dataclasses.fields(EditEpisode))}
@@ -192,15 +199,14 @@ def test_a_pool_too_small_to_decide_is_said_and_a_large_one_is_not_blamed(balanc
     assert short.claim().outcome != "too few episodes"
 
 
-def test_figures_and_text_say_what_damage_is_measured_from(balancer, run, tmp_path, monkeypatch):
+def test_figures_and_text_say_what_damage_is_measured_from(run, pooled, monkeypatch):
     """A pooled atlas's figures read damage from the pool's mean and its looks count episodes; a paired one's,
     from the baseline, in pairs. The placebo's legend keeps a small value's digits (-0.4 is not '-0')."""
     from surgery.analysis.report import figures
     from surgery.experiments import atlas_figures, atlas_report
 
-    pooled = atlas(balancer, out=tmp_path, workers=0, progress=False, pool=40, **SMALL)
     monkeypatch.setattr(figures, "png", lambda fig: fig)  # keep the Figure objects to read their labels
-    for a, reference, unit in ((pooled, "pool mean", "episodes"), (run[0], "baseline", "pairs")):
+    for a, reference, unit in ((pooled[0], "pool mean", "episodes"), (run[0], "baseline", "pairs")):
         assert f"{SMALL['episodes']} {unit} with shares" in a.text()
         heads = [line.split() for line in a.text().splitlines() if line.startswith("  edit ")]
         assert heads and all(h[5] == unit for h in heads)  # the tables' column of episodes played per edit
