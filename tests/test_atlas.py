@@ -95,7 +95,7 @@ def test_the_placebo_reads_the_least_changing_edits_against_the_baseline():
     from surgery.experiments.atlas_rows import change_factor, placebo, placebo_warning
 
     rng = np.random.default_rng(0)
-    energy = rng.permutation(np.linspace(1e-4, 0.02, 32))  # the smallest quarter: all below PLACEBO_ENERGY
+    energy = rng.permutation(np.linspace(1e-4, 0.02, 32))  # the smallest quarter: all within PLACEBO_CHANGE
     base = np.array([5800.0, 5900, 6000, 5700, 5850, 5950])
     # Episodes that repeat: every edit plays its pair's baseline return up to noise -> no warning.
     repeat = base + rng.normal(0, 5, (32, 6))
