@@ -308,11 +308,11 @@ def test_an_interrupted_atlas_resumes_and_counts_add_up(balancer, run, tmp_path,
     calls = []
     real = ResultsStore.add_many
 
-    def flaky(self, records):
+    def flaky(self, records, seconds=0.0):
         if len(calls) == 2:
             raise KeyboardInterrupt
         calls.append(1)
-        real(self, records)
+        real(self, records, seconds)
 
     monkeypatch.setattr(ResultsStore, "add_many", flaky)
     with pytest.raises(KeyboardInterrupt):

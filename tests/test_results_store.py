@@ -48,13 +48,14 @@ def test_a_composite_key_and_all_or_nothing_batches(tmp_path):
     path = tmp_path / RESULTS_FILE
     rows = [EditEpisode(**dataclasses.asdict(record(j)), edit=e) for e in (-1, 0, 3) for j in range(2)]
     with ResultsStore(path, {"a": 1}, EditEpisode, key=("edit", "episode")) as store:
-        store.add_many(rows[:4])
+        store.add_many(rows[:4], seconds=2.5)
         with pytest.raises(ValueError, match="edit 0, episode 1 is already stored"):
-            store.add_many(rows[4:] + [rows[3]])  # one duplicate: none of the batch is stored
-        assert len(store) == 4
-        store.add_many(rows[4:])
+            store.add_many(rows[4:] + [rows[3]], seconds=100.0)  # one duplicate: none of the batch, nor its time
+        assert len(store) == 4 and store.seconds() == 2.5
+        store.add_many(rows[4:], seconds=1.0)
     with ResultsStore(path, {"a": 1}, EditEpisode, key=("edit", "episode")) as store:
         assert store.finished() == {(r.edit, r.episode): r for r in rows}
+        assert store.seconds() == 3.5  # the playing time of every batch, kept with the episodes
     with pytest.raises(ValueError, match="not a field"):
         ResultsStore(tmp_path / "x.sqlite", {}, EditEpisode, key=("edit", "lane"))
 

@@ -240,8 +240,11 @@ class ResultsStore:
         """Store one finished record in its own transaction; a key already stored is an error."""
         self.add_many([record])
 
-    def add_many(self, records) -> None:
-        """Store records in one transaction: all of them or, on any error (a key already stored), none."""
+    def add_many(self, records, seconds: float = 0.0) -> None:
+        """Store records in one transaction: all of them or, on any error (a key already stored), none.
+
+        seconds: the playing time that produced them, added in the same transaction to the total kept with the
+        episodes (`seconds()`): a resumed experiment's report can then say what all its runs took."""
         records, rows = list(records), []
         for record in records:
             values = [getattr(record, name) for name, _, _ in self.columns]
@@ -261,6 +264,9 @@ class ResultsStore:
                         where = ", ".join(f"{k} {getattr(record, k)}" for k in self._keys)
                         raise SurgeryError(f"{self.path}: {where} is already stored") from None
                     raise
+            if seconds:
+                total = self.seconds() + float(seconds)
+                self._conn.execute("INSERT OR REPLACE INTO experiment VALUES ('seconds', ?)", (repr(total),))
 
     @contextlib.contextmanager
     def _transaction(self):
@@ -274,13 +280,6 @@ class ResultsStore:
 
     def __len__(self) -> int:
         return self._conn.execute("SELECT COUNT(*) FROM episodes").fetchone()[0]
-
-    def add_seconds(self, seconds: float) -> None:
-        """Add playing time to the total kept with the episodes (a resumed experiment's report can then say what
-        all its runs took, not only the last)."""
-        with self._transaction():
-            total = self.seconds() + float(seconds)
-            self._conn.execute("INSERT OR REPLACE INTO experiment VALUES ('seconds', ?)", (repr(total),))
 
     def seconds(self) -> float:
         """Playing time of every run that filled this file (0 for files written before it was kept)."""

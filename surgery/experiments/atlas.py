@@ -385,11 +385,10 @@ class _Sweep:
 
             def on_result(task, result) -> None:
                 new = [r for r in result.records if (r.edit, r.episode) not in done]
-                store.add_many(new)
-                # The time that produced them, kept with the episodes (an interrupted run's too): a resumed
-                # run's report can say what all its runs took together.
+                # With the time that produced them (an interrupted run's too): a resumed run's report can say
+                # what all its runs took together.
                 now = time.perf_counter()
-                store.add_seconds(now - clock[0])
+                store.add_many(new, seconds=now - clock[0])
                 clock[0] = now
                 for r in new:
                     done[(r.edit, r.episode)] = r
@@ -471,18 +470,16 @@ class _MemoryStore:
     def finished(self) -> dict:
         return dict(self._rows)
 
-    def add_many(self, records) -> None:
+    def add_many(self, records, seconds: float = 0.0) -> None:
         records = list(records)
         dup = [(r.edit, r.episode) for r in records if (r.edit, r.episode) in self._rows]
         if dup:
             raise SurgeryError(f"(edit, episode) {dup[0]} is already stored")
         self._rows.update({(r.edit, r.episode): r for r in records})
+        self._seconds += float(seconds)
 
     def close(self) -> None:
         pass
-
-    def add_seconds(self, seconds: float) -> None:
-        self._seconds += float(seconds)
 
     def seconds(self) -> float:
         return self._seconds
