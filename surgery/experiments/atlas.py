@@ -262,17 +262,15 @@ class _Sweep:
         self.design = Design(schedule(s.episodes, s.looks), len(edits), s.alpha, s.futility, s.correction, s.spend)
         self.sha = weights_sha256(adapter.model)
         self.warnings = []
-        if s.pool and not self.design.reachable(s.pool):
+        if not self.design.reachable(s.pool):  # the smallest p the design's test can give is above its bound
+            d, bound = self.design, self.design.efficacy_p(self.design.K - 1)
             self.warnings.append(
                 f"no edit can be significant: against a pool of {s.pool} with {s.episodes} episodes per edit the "
-                f"smallest p is {self.design.smallest_p(s.pool):.2g}, above the last look's bound "
-                f"{self.design.efficacy_p(self.design.K - 1):.2g}; use a larger pool or fewer edits")
-        elif not s.pool and not self.design.reachable():
-            self.warnings.append(
+                f"smallest p is {d.smallest_p(s.pool):.2g}, above the last look's bound {bound:.2g}; use a larger "
+                "pool or fewer edits" if s.pool else
                 f"no edit can be significant: with {s.episodes} pairs the smallest p is 2^{1 - s.episodes}, above "
-                f"the last look's bound {self.design.efficacy_p(self.design.K - 1):.2g} (its share "
-                f"{self.design.weights[-1]:.2f} of alpha/m = {s.alpha:g}/{len(edits)}); use at least "
-                f"{self.design.pairs_needed()} episodes or fewer edits")
+                f"the last look's bound {bound:.2g} (its share {d.weights[-1]:.2f} of alpha/m = "
+                f"{s.alpha:g}/{len(edits)}); use at least {d.pairs_needed()} episodes or fewer edits")
 
     # -- identity and storage --
     def spec(self) -> dict:
